@@ -1,0 +1,95 @@
+"""The drafter interface that speculative decoding talks to.
+
+A drafter proposes up to `block_size - 1` tokens that follow the committed text. It sees the
+committed token ids and, if it asks for them (`target_layer_ids`), the target's hidden states
+at those layers for every committed token the target has already processed. Per-request
+state (a drafter KV cache, say) lives in `DraftContext.cache`, so one drafter serves many
+requests.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from bp_rl.sampling import Sampler
+
+
+@dataclass
+class Draft:
+    """Proposed tokens and, for a sampling drafter, the distributions they were drawn from."""
+
+    tokens: torch.Tensor  # (k,) long
+    probs: torch.Tensor | None = None  # (k, vocab); None: deterministic proposal (one-hot q)
+
+
+@dataclass
+class DraftContext:
+    """What a drafter may read about the request in flight; the engine keeps it up to date.
+
+    token_ids: every committed token, prompt included. The last one is the newest and has not
+    been through the target yet; its position is `len(token_ids) - 1`.
+    new_hidden: (1, m, len(target_layer_ids) * hidden) target hidden states of the m committed
+    tokens the drafter has not been shown yet (all but the newest), or None.
+    cache: the drafter's own per-request state.
+    """
+
+    token_ids: torch.Tensor
+    new_hidden: torch.Tensor | None = None
+    cache: Any = None
+
+
+class Drafter(ABC):
+    """Base class of every drafter."""
+
+    #: largest block (the committed anchor token plus drafts) this drafter supports
+    max_block_size: int
+    #: target layers whose hidden states the drafter reads (empty: none, so the target skips them)
+    target_layer_ids: tuple[int, ...] = ()
+
+    def new_cache(self) -> Any:
+        """Fresh per-request state; called once before a request's first proposal."""
+        return None
+
+    @abstractmethod
+    def propose(self, context: DraftContext, num_tokens: int, sampler: Sampler) -> Draft:
+        """Propose at most `num_tokens` (>= 1) tokens following `context.token_ids`.
+
+        Must consume `context.new_hidden` (the engine clears it afterwards). At temperature
+        0 proposals should be the drafter's best guess; above it, a sampling drafter draws
+        from its distribution and returns it in `Draft.probs` so verification stays exact.
+        """
+
+
+class OracleDrafter(Drafter):
+    """Test double that proposes a known continuation, e.g. the target's own greedy output.
+
+    With the target's greedy continuation every draft is accepted at temperature 0, so the
+    throughput it reaches at block size b is the engine's ceiling on the device.
+    """
+
+    def __init__(self, prompt_len: int, continuation: list[int], max_block_size: int = 64):
+        self.prompt_len = prompt_len
+        self.continuation = list(continuation)
+        self.max_block_size = max_block_size
+
+    def propose(self, context: DraftContext, num_tokens: int, sampler: Sampler) -> Draft:
+        start = len(context.token_ids) - self.prompt_len
+        tokens = self.continuation[start : start + num_tokens]
+        return Draft(torch.tensor(tokens, dtype=torch.long, device=context.token_ids.device))
+
+
+def load_drafter(path_or_name: str, target) -> Drafter:
+    """Load a drafter for `target` from a folder (a `BlockDrafter` checkpoint, ours or DFlash's)."""
+    from pathlib import Path
+
+    from bp_rl.block_drafter import BlockDrafter
+
+    if Path(path_or_name).is_dir():
+        return BlockDrafter.load(path_or_name, target)
+    raise FileNotFoundError(
+        f"no drafter {path_or_name!r}: give a drafter folder (config.json + model.safetensors)"
+    )

@@ -1,0 +1,96 @@
+"""The one timer used everywhere: device-synchronised wall-clock time.
+
+GPU work is asynchronous, so the clock is read only after the device has finished
+everything queued so far; otherwise a timing measures kernel launches, not work.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+
+def device_sync(device: torch.device | str) -> None:
+    """Wait until every queued operation on `device` has finished."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        torch.cuda.synchronize(device)
+    elif kind == "mps":
+        torch.mps.synchronize()
+
+
+def device_name(device: torch.device | str) -> str:
+    """A human-readable name for the hardware behind `device`, recorded with every timing."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return f"Apple MPS ({platform.machine()})"
+    cpu = _cpu_model() or platform.processor() or platform.machine()
+    return f"CPU {cpu} ({torch.get_num_threads()} threads)"
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+@dataclass
+class Stopwatch:
+    """Context manager: `with Stopwatch(device) as sw: ...; sw.seconds`."""
+
+    device: torch.device | str = "cpu"
+    seconds: float = 0.0
+    _start: float = field(default=0.0, repr=False)
+
+    def __enter__(self) -> "Stopwatch":
+        device_sync(self.device)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        device_sync(self.device)
+        self.seconds = time.perf_counter() - self._start
+
+
+@dataclass
+class Timing:
+    """Median-of-N timing of one callable, with every sample kept."""
+
+    samples: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+
+def measure(fn: Callable[[], object], device: torch.device | str = "cpu", warmup: int = 1, repeats: int = 5) -> Timing:
+    """Run `fn` `warmup` times untimed, then `repeats` times timed; return all timed samples."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        with Stopwatch(device) as sw:
+            fn()
+        samples.append(sw.seconds)
+    return Timing(samples)
+
+
+def cpu_threads_note() -> str:
+    """Why CPU timings may be skewed: other heavy processes share the cores."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"1-min load average {load:.2f} on {os.cpu_count()} cores"

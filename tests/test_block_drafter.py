@@ -1,0 +1,151 @@
+"""BlockDrafter: checkpoint and forward compatibility with the public DFlash drafter; save/load; bad files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_tiny_target
+from transformers import DynamicCache, Qwen3Config
+
+from bp_rl import BlockDrafter, load_drafter, speculative_generate
+
+dflash_model = pytest.importorskip("dflash.model", reason="the reference `dflash` package is a test-only dependency")
+
+
+def reference_config(target) -> Qwen3Config:
+    return Qwen3Config(
+        vocab_size=target.vocab_size,
+        hidden_size=target.hidden_size,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=256,
+        initializer_range=0.2,
+        num_target_layers=target.num_layers,
+        block_size=16,
+        dflash_config={"target_layer_ids": [0, 2], "mask_token_id": target.vocab_size - 1},
+    )
+
+
+@pytest.fixture(scope="module")
+def qwen_target():
+    return make_tiny_target("qwen3")
+
+
+@pytest.fixture(scope="module")
+def reference_checkpoint(qwen_target, tmp_path_factory):
+    """A random drafter saved by the public DFlashDraftModel, with its own save_pretrained."""
+    torch.manual_seed(0)
+    model = dflash_model.DFlashDraftModel(reference_config(qwen_target)).eval()
+    path = tmp_path_factory.mktemp("dflash_ref")
+    model.save_pretrained(path)
+    return model, path
+
+
+def random_inputs(config, ctx_len, block_len, start=0):
+    hidden = config.hidden_size
+    return dict(
+        target_hidden=torch.randn(1, ctx_len, 2 * hidden),
+        noise_embedding=torch.randn(1, block_len, hidden),
+        position_ids=torch.arange(start, start + ctx_len + block_len)[None],
+    )
+
+
+def test_reference_checkpoint_loads_with_every_weight(reference_checkpoint, qwen_target):
+    reference, path = reference_checkpoint
+    ours = load_drafter(str(path), qwen_target)
+    assert isinstance(ours, BlockDrafter)
+    assert ours.target_layer_ids == (0, 2) and ours.max_block_size == 16 and ours.mask_token_id == 63
+    ref_state = reference.state_dict()
+    assert set(ours.state_dict()) == set(ref_state)
+    for name, tensor in ours.state_dict().items():
+        torch.testing.assert_close(tensor, ref_state[name].float(), rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_forward_matches_reference(reference_checkpoint, qwen_target, is_causal):
+    reference, path = reference_checkpoint
+    ours = load_drafter(str(path), qwen_target)
+    torch.manual_seed(1)
+    inputs = random_inputs(reference.config, ctx_len=9, block_len=6)
+    with torch.no_grad():
+        expected = reference(**inputs, is_causal=is_causal)
+        got = ours(**inputs, is_causal=is_causal)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_forward_with_cache_matches_reference_over_cycles(reference_checkpoint, qwen_target):
+    """Two decoding-style cycles: context K/V cached, block dropped from the cache after each."""
+    reference, path = reference_checkpoint
+    ours = load_drafter(str(path), qwen_target)
+    caches = {"ref": DynamicCache(), "ours": DynamicCache()}
+    torch.manual_seed(2)
+    start = 0
+    for ctx_len, block_len in [(7, 5), (3, 8)]:
+        inputs = random_inputs(reference.config, ctx_len, block_len, start)
+        with torch.no_grad():
+            expected = reference(**inputs, past_key_values=caches["ref"], use_cache=True)
+            got = ours(**inputs, past_key_values=caches["ours"], use_cache=True)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        for cache in caches.values():
+            cache.crop(-block_len)
+        start += ctx_len
+
+
+@pytest.mark.parametrize("block_size", [2, 4, 16])
+def test_greedy_decoding_matches_reference_generate(reference_checkpoint, qwen_target, block_size):
+    """Same tokens as the reference's own speculative loop, with the same drafter weights."""
+    reference, path = reference_checkpoint
+    ours = load_drafter(str(path), qwen_target)
+    prompt = [4, 9, 13, 2, 7, 30]
+    with torch.no_grad():
+        expected = dflash_model.dflash_generate(
+            reference, qwen_target.model, torch.tensor([prompt]), max_new_tokens=40, stop_token_ids=None, block_size=block_size
+        )[0, len(prompt) :].tolist()
+    got = speculative_generate(qwen_target, ours, prompt, block_size, max_new_tokens=40, stop_token_ids=[])
+    assert got.token_ids == expected
+
+
+def test_save_load_roundtrip_is_fp16_and_reproduces_outputs(tiny_target, tmp_path):
+    drafter = BlockDrafter.for_target(tiny_target, num_layers=2, seed=3)
+    drafter.save(tmp_path / "d")
+    assert json.loads((tmp_path / "d" / "config.json").read_text())["dtype"] == "float16"
+    loaded = load_drafter(str(tmp_path / "d"), tiny_target)
+    for name, tensor in drafter.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor.half().float(), rtol=0, atol=0)
+    assert not list((tmp_path / "d").glob(".*.tmp")), "no temporary files left behind"
+
+
+def test_missing_checkpoint_is_reported(tiny_target, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no drafter"):
+        load_drafter(str(tmp_path / "nowhere"), tiny_target)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"needs config.json and \*.safetensors"):
+        load_drafter(str(tmp_path / "empty"), tiny_target)
+
+
+def test_corrupt_checkpoint_files_are_reported(tiny_target, tmp_path):
+    BlockDrafter.for_target(tiny_target, num_layers=1).save(tmp_path / "d")
+    weights = tmp_path / "d" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="corrupt drafter weights"):
+        load_drafter(str(tmp_path / "d"), tiny_target)
+    (tmp_path / "d" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt drafter config"):
+        load_drafter(str(tmp_path / "d"), tiny_target)
+
+
+def test_checkpoint_for_another_target_is_rejected(tmp_path):
+    llama, wide = make_tiny_target("llama"), make_tiny_target("llama", vocab_size=80)
+    BlockDrafter.for_target(wide, num_layers=1).save(tmp_path / "d")
+    with pytest.raises(ValueError, match=r"does not match target 'tiny-llama'.*vocabulary 80 != target's 64"):
+        load_drafter(str(tmp_path / "d"), llama)
+
+
+def test_config_without_dflash_keys_is_rejected():
+    with pytest.raises(ValueError, match="not a DFlash drafter config"):
+        BlockDrafter(Qwen3Config(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8))
