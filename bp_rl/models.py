@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 DEFAULT_TARGET = "smollm2-135m"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,9 @@ def load_target(
             f"or a hub id with allow_download=True."
         )
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    # a local folder without tokenizer files has no tokenizer: prompts must then be token ids
+    has_tokenizer = not isinstance(path, Path) or any((path / f).is_file() for f in TOKENIZER_FILES)
+    tokenizer = AutoTokenizer.from_pretrained(path) if has_tokenizer else None
     return Target(name=str(name_or_path), model=model, tokenizer=tokenizer, device=device)
 
 
