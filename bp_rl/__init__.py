@@ -10,6 +10,7 @@ from bp_rl.decoding import (
 )
 from bp_rl.drafter import Draft, DraftContext, Drafter, OracleDrafter, load_drafter
 from bp_rl.models import Target, load_target
+from bp_rl.prompt_lookup import PromptLookupDrafter
 from bp_rl.sampling import Sampler
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "Drafter",
     "Generation",
     "OracleDrafter",
+    "PromptLookupDrafter",
     "Sampler",
     "SpeculativeDecoder",
     "Target",

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -82,14 +83,40 @@ class OracleDrafter(Drafter):
         return Draft(torch.tensor(tokens, dtype=torch.long, device=context.token_ids.device))
 
 
-def load_drafter(path_or_name: str, target) -> Drafter:
-    """Load a drafter for `target` from a folder (a `BlockDrafter` checkpoint, ours or DFlash's)."""
-    from pathlib import Path
+def _prompt_lookup(target, **options) -> Drafter:
+    from bp_rl.prompt_lookup import PromptLookupDrafter
 
+    return PromptLookupDrafter(**options)
+
+
+def _random_block(target, **options) -> Drafter:
     from bp_rl.block_drafter import BlockDrafter
 
+    return BlockDrafter.for_target(target, **options)
+
+
+#: drafters available by name; anything else is a drafter folder
+NAMED_DRAFTERS: dict[str, Callable[..., Drafter]] = {
+    "prompt-lookup": _prompt_lookup,  # training-free n-gram lookup
+    "random-block": _random_block,  # untrained block drafter: timing and plumbing only
+}
+
+
+def load_drafter(path_or_name: str, target, **options) -> Drafter:
+    """A drafter for `target`: a name from `NAMED_DRAFTERS` (with its `options`), or a
+    `BlockDrafter` folder (config.json + safetensors; ours or a public DFlash checkpoint)."""
+    from bp_rl.block_drafter import BlockDrafter
+
+    if path_or_name in NAMED_DRAFTERS:
+        try:
+            return NAMED_DRAFTERS[path_or_name](target, **options)
+        except TypeError as err:  # an option the drafter does not take
+            raise ValueError(f"bad option for drafter {path_or_name!r}: {err}") from err
     if Path(path_or_name).is_dir():
+        if options:
+            raise ValueError(f"a drafter folder takes no options, got {sorted(options)}")
         return BlockDrafter.load(path_or_name, target)
     raise FileNotFoundError(
-        f"no drafter {path_or_name!r}: give a drafter folder (config.json + model.safetensors)"
+        f"no drafter {path_or_name!r}: known names {sorted(NAMED_DRAFTERS)}, "
+        "or a drafter folder (config.json + model.safetensors)"
     )

@@ -6,7 +6,7 @@ own greedy continuation (every draft accepted) should reach b / t_verify(b), whe
 is the raw time of one target forward over b tokens, measured in the same run. Speeds are only
 compared as ratios within this run. Do not run it beside another heavy job: it skews every number.
 
-    python experiments/bench_decode.py --drafter random --block-sizes 1 2 4 8 16 --max-new-tokens 64
+    python experiments/bench_decode.py --drafter prompt-lookup --block-sizes 1 2 4 8 16 --max-new-tokens 64
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 from transformers import DynamicCache
 
-from bp_rl import BlockDrafter, OracleDrafter, Target, load_drafter, load_target, speculative_generate
+from bp_rl import OracleDrafter, Target, load_drafter, load_target, speculative_generate
 from bp_rl.timing import cpu_threads_note, device_name, measure
 
 # Used until a prompt suite is given with --prompts: a few varied requests.
@@ -49,7 +49,7 @@ class Row:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target", default="smollm2-135m")
-    p.add_argument("--drafter", default=None, help="drafter folder, or 'random' for an untrained block drafter")
+    p.add_argument("--drafter", default=None, help="drafter folder or name: prompt-lookup, random-block (untrained)")
     p.add_argument("--block-sizes", type=int, nargs="+", default=[1, 2, 3, 4, 6, 8, 12, 16])
     p.add_argument("--prompts", default=None, help="JSONL file with 'text' and 'category' per line")
     p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
@@ -99,10 +99,7 @@ def main() -> None:
     args = parse_args()
     torch.manual_seed(args.seed)
     target = load_target(args.target, device=args.device)
-    if args.drafter == "random":
-        drafter = BlockDrafter.for_target(target, seed=args.seed)
-    else:
-        drafter = load_drafter(args.drafter, target) if args.drafter else None
+    drafter = load_drafter(args.drafter, target) if args.drafter else None
     sizes = sorted(set(args.block_sizes) | {1})
     if drafter is None:
         print("no --drafter: measuring only autoregressive decoding and the oracle ceiling")

@@ -21,11 +21,11 @@ TINY_SHAPES = dict(
 )
 
 
-def make_tiny_target(arch: str = "llama", vocab_size: int = 64, seed: int = 0) -> Target:
+def make_tiny_target(arch: str = "llama", vocab_size: int = 64, seed: int = 0, **shape) -> Target:
     """A randomly initialised causal LM small enough to decode in milliseconds."""
     torch.manual_seed(seed)
     config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM)}[arch]
-    config = config_cls(vocab_size=vocab_size, bos_token_id=0, eos_token_id=1, pad_token_id=1, **TINY_SHAPES)
+    config = config_cls(vocab_size=vocab_size, bos_token_id=0, eos_token_id=1, pad_token_id=1, **{**TINY_SHAPES, **shape})
     model = model_cls(config).eval()
     return Target(name=f"tiny-{arch}", model=model, tokenizer=None, device=torch.device("cpu"))
 

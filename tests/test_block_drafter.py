@@ -139,11 +139,18 @@ def test_corrupt_checkpoint_files_are_reported(tiny_target, tmp_path):
         load_drafter(str(tmp_path / "d"), tiny_target)
 
 
-def test_checkpoint_for_another_target_is_rejected(tmp_path):
-    llama, wide = make_tiny_target("llama"), make_tiny_target("llama", vocab_size=80)
-    BlockDrafter.for_target(wide, num_layers=1).save(tmp_path / "d")
-    with pytest.raises(ValueError, match=r"does not match target 'tiny-llama'.*vocabulary 80 != target's 64"):
-        load_drafter(str(tmp_path / "d"), llama)
+@pytest.mark.parametrize(
+    "other, message",
+    [
+        ({"vocab_size": 80}, r"vocabulary 80 != target's 64"),
+        ({"hidden_size": 48}, r"hidden size 48 != target's 32"),
+        ({"num_hidden_layers": 6}, r"built for 6 target layers, target has 4"),
+    ],
+)
+def test_checkpoint_for_another_target_is_rejected(tmp_path, other, message):
+    BlockDrafter.for_target(make_tiny_target("llama", **other), num_layers=1).save(tmp_path / "d")
+    with pytest.raises(ValueError, match=r"does not match target 'tiny-llama'.*" + message):
+        load_drafter(str(tmp_path / "d"), make_tiny_target("llama"))
 
 
 def test_config_without_dflash_keys_is_rejected():

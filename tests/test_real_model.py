@@ -66,7 +66,7 @@ def test_decode_benchmark_runs_and_reports_every_block(tmp_path):
     import sys
 
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "experiments/bench_decode.py", "--drafter", "random", "--block-sizes", "2", "4",
+    cmd = [sys.executable, "experiments/bench_decode.py", "--drafter", "random-block", "--block-sizes", "2", "4",
            "--limit", "1", "--max-new-tokens", "12", "--verify-repeats", "2", "--device", "cpu", "--out", str(out)]
     printed = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     summary = json.loads(out.read_text())["summary"]

@@ -78,3 +78,10 @@ def test_negative_control_a_drafter_that_misreports_its_distribution_is_caught(s
     """A drafter that reports another distribution than it sampled from biases the output: the test must see it."""
     buggy = SelfDrafter(small_target, temperature=0.5, reported_temperature=2.0)
     assert chi_square_pvalue(small_target, buggy) < ALPHA
+
+
+def test_matches_target_with_prompt_lookup(small_target):
+    """Deterministic proposals (q one-hot) from the text itself: frequent matches with 8 tokens."""
+    from bp_rl import PromptLookupDrafter
+
+    assert chi_square_pvalue(small_target, PromptLookupDrafter(max_ngram=2)) > ALPHA
