@@ -67,9 +67,10 @@ def test_decode_benchmark_runs_and_reports_every_block(tmp_path):
 
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "experiments/bench_decode.py", "--drafter", "random-block", "--block-sizes", "2", "4",
-           "--limit", "1", "--max-new-tokens", "12", "--verify-repeats", "2", "--device", "cpu", "--out", str(out)]
+           "--category", "chat", "--per-category", "1", "--max-new-tokens", "12", "--verify-repeats", "2", "--device", "cpu", "--out", str(out)]
     printed = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     summary = json.loads(out.read_text())["summary"]
     assert set(summary["blocks"]) == {"1", "2", "4"}
     assert all(0 < summary["blocks"][b]["oracle"]["ceiling_ratio"] for b in summary["blocks"])
     assert "| 4 |" in printed and "oracle/bound" in printed
+    assert summary["per_category"]["chat"]["prompts"] == 1 and summary["best_fixed_block"] in (1, 2, 4)
