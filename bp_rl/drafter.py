@@ -100,23 +100,46 @@ NAMED_DRAFTERS: dict[str, Callable[..., Drafter]] = {
     "prompt-lookup": _prompt_lookup,  # training-free n-gram lookup
     "random-block": _random_block,  # untrained block drafter: timing and plumbing only
 }
+#: trained drafters shipped with the package, one folder each, loadable by folder name
+SHIPPED_DRAFTERS_DIR = Path(__file__).parent / "data" / "drafters"
+
+
+def shipped_drafters() -> list[str]:
+    if not SHIPPED_DRAFTERS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in SHIPPED_DRAFTERS_DIR.iterdir() if (p / "config.json").is_file())
+
+
+def default_drafter_name(target) -> str:
+    """The shipped block drafter trained for `target` (named `<target>-block`)."""
+    name = f"{target.name}-block"
+    if name not in shipped_drafters():
+        raise FileNotFoundError(
+            f"no shipped drafter for target {target.name!r} (shipped: {shipped_drafters()}); "
+            "train one with experiments/train_drafter.py or pass a drafter name or folder"
+        )
+    return name
 
 
 def load_drafter(path_or_name: str, target, **options) -> Drafter:
-    """A drafter for `target`: a name from `NAMED_DRAFTERS` (with its `options`), or a
-    `BlockDrafter` folder (config.json + safetensors; ours or a public DFlash checkpoint)."""
+    """A drafter for `target`: "default" (the shipped drafter for this target), a name from
+    `NAMED_DRAFTERS` (with its `options`), a shipped drafter name, or a `BlockDrafter` folder
+    (config.json + safetensors; ours or a public DFlash checkpoint)."""
     from bp_rl.block_drafter import BlockDrafter
 
+    if path_or_name == "default":
+        path_or_name = default_drafter_name(target)
     if path_or_name in NAMED_DRAFTERS:
         try:
             return NAMED_DRAFTERS[path_or_name](target, **options)
         except TypeError as err:  # an option the drafter does not take
             raise ValueError(f"bad option for drafter {path_or_name!r}: {err}") from err
-    if Path(path_or_name).is_dir():
+    folder = SHIPPED_DRAFTERS_DIR / path_or_name if path_or_name in shipped_drafters() else Path(path_or_name)
+    if folder.is_dir():
         if options:
             raise ValueError(f"a drafter folder takes no options, got {sorted(options)}")
-        return BlockDrafter.load(path_or_name, target)
+        return BlockDrafter.load(folder, target)
     raise FileNotFoundError(
-        f"no drafter {path_or_name!r}: known names {sorted(NAMED_DRAFTERS)}, "
+        f"no drafter {path_or_name!r}: known names {sorted([*NAMED_DRAFTERS, *shipped_drafters(), 'default'])}, "
         "or a drafter folder (config.json + model.safetensors)"
     )
