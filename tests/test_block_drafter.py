@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_tiny_target
+from conftest import TINY_SHAPES, make_tiny_target
 from transformers import DynamicCache, Qwen3Config
 
 from bp_rl import BlockDrafter, load_drafter, speculative_generate
@@ -17,14 +17,7 @@ dflash_model = pytest.importorskip("dflash.model", reason="the reference `dflash
 def reference_config(target) -> Qwen3Config:
     return Qwen3Config(
         vocab_size=target.vocab_size,
-        hidden_size=target.hidden_size,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=256,
-        initializer_range=0.2,
+        **{**TINY_SHAPES, "num_hidden_layers": 2, "intermediate_size": 48, "initializer_range": 0.2},
         num_target_layers=target.num_layers,
         block_size=16,
         dflash_config={"target_layer_ids": [0, 2], "mask_token_id": target.vocab_size - 1},
