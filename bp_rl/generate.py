@@ -19,7 +19,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt", required=True, help="prompt text (tokenised as-is unless --chat)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn with the target's chat template")
     p.add_argument("--block-size", type=int, default=1, help="draft block size (1 = autoregressive)")
-    p.add_argument("--drafter", default=None, help="drafter folder or name; needed for --block-size > 1")
+    p.add_argument(
+        "--drafter", default="default",
+        help="drafter folder or name (prompt-lookup, random-block, a shipped drafter); default: the shipped drafter for --target",
+    )
     p.add_argument("--target", default=DEFAULT_TARGET, help="embedded target name or local HF model folder")
     p.add_argument("--allow-download", action="store_true", help="allow --target to be a hub id (downloads)")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
@@ -36,11 +39,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.block_size > 1 and args.drafter is None:
-        print(f"--block-size {args.block_size} needs a drafter: pass --drafter PATH (or use --block-size 1)", file=sys.stderr)
-        return 2
     target = load_target(args.target, device=args.device, dtype=args.dtype, allow_download=args.allow_download)
-    drafter = load_drafter(args.drafter, target) if args.drafter else None
+    try:
+        drafter = load_drafter(args.drafter, target) if args.block_size > 1 else None
+    except FileNotFoundError as err:
+        print(f"--block-size {args.block_size} needs a drafter: {err}", file=sys.stderr)
+        return 2
     prompt = args.prompt
     if args.chat:
         prompt = target.tokenizer.apply_chat_template(

@@ -43,7 +43,10 @@ class Row:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target", default="smollm2-135m")
-    p.add_argument("--drafter", default=None, help="drafter folder or name: prompt-lookup, random-block (untrained)")
+    p.add_argument(
+        "--drafter", default="default",
+        help="drafter folder or name: default (the shipped drafter for --target), prompt-lookup, random-block (untrained), none",
+    )
     p.add_argument("--block-sizes", type=int, nargs="+", default=[1, 2, 3, 4, 6, 8, 12, 16])
     p.add_argument("--suite", default=DEFAULT_SUITE, help="prompt suite name or JSONL path")
     p.add_argument("--split", default="test", choices=SPLITS)
@@ -92,10 +95,10 @@ def main() -> None:
     args = parse_args()
     torch.manual_seed(args.seed)
     target = load_target(args.target, device=args.device)
-    drafter = load_drafter(args.drafter, target) if args.drafter else None
+    drafter = load_drafter(args.drafter, target) if args.drafter != "none" else None
     sizes = sorted(set(args.block_sizes) | {1})
     if drafter is None:
-        print("no --drafter: measuring only autoregressive decoding and the oracle ceiling")
+        print("--drafter none: measuring only autoregressive decoding and the oracle ceiling")
     prompts = select_prompts(args)
     texts = [render_prompt(p, target.tokenizer) for p in prompts]
     decode = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, stop_token_ids=None if args.stop_at_eos else [])

@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from bp_rl import BlockDrafter, Target, load_target, speculative_generate
+from bp_rl import BlockDrafter, Target, load_drafter, load_target, speculative_generate
 from bp_rl.block_drafter import spread_layer_ids
 from bp_rl.drafter_training import block_loss, sample_blocks
 from bp_rl.prompts import load_prompts, render_prompt
@@ -294,7 +294,12 @@ def train(cfg: DictConfig, target: Target, work: Path) -> None:
     drafter = BlockDrafter.for_target(
         target, num_layers=cfg.drafter.num_layers, block_size=cfg.drafter.block_size, target_layer_ids=layer_ids, seed=cfg.train.seed
     ).float()
-    if cfg.drafter.init_from_target:
+    if cfg.drafter.init_from:
+        warm = load_drafter(cfg.drafter.init_from, target)
+        if warm.target_layer_ids != drafter.target_layer_ids or len(warm.layers) != len(drafter.layers):
+            raise ValueError(f"drafter.init_from {cfg.drafter.init_from!r} has another shape than drafter.* asks for")
+        drafter.load_state_dict(warm.state_dict())
+    elif cfg.drafter.init_from_target:
         init_from_target_layers(drafter, target)
     for p in target.model.parameters():
         p.requires_grad_(False)
@@ -308,6 +313,13 @@ def train(cfg: DictConfig, target: Target, work: Path) -> None:
         state = saved["state"]
         torch.set_rng_state(saved["torch_rng"])
         print(f"resumed from {checkpoint} at step {state['step']}")
+        # steps logged after the checkpoint are redone: drop them so the log has each step once
+        kept = [r for r in read_jsonl(work / "train_log.jsonl") if r["step"] <= state["step"]]
+        tmp = work / "train_log.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp.replace(work / "train_log.jsonl")
+    elif (work / "train_log.jsonl").exists():  # a fresh run: keep the old log aside, never lose it
+        (work / "train_log.jsonl").rename(work / f"train_log.before-{int(time.time())}.jsonl")
     state.setdefault("device", device_name(target.device))
     rng = random.Random(cfg.train.seed + state["step"])
     generator = torch.Generator().manual_seed(cfg.train.seed + state["step"])
@@ -374,7 +386,7 @@ def export(cfg: DictConfig, target: Target, work: Path) -> None:
     drafter = BlockDrafter.for_target(target, num_layers=cfg.drafter.num_layers, block_size=cfg.drafter.block_size,
                                       target_layer_ids=feature_layer_ids(cfg, target))
     drafter.load_state_dict(saved["drafter"])
-    path = drafter.save(cfg.export.path)
+    path = drafter.save(hydra.utils.to_absolute_path(cfg.export.path))
     log = read_jsonl(work / "train_log.jsonl")
     evals = [r for r in log if "val_loss" in r]
     data = {name: read_jsonl(work / "sequences" / f"{name}.jsonl") for name in SEQUENCE_SETS}
@@ -395,7 +407,7 @@ def render_model_card(cfg, target, drafter, state, evals, data) -> str:
 Architecture: DFlash-style block drafter (`bp_rl.BlockDrafter`), {drafter.config.num_hidden_layers} Qwen3-style layers,
 hidden {drafter.config.hidden_size}, {params / 1e6:.1f}M parameters (fp16), reading target layers
 {list(drafter.target_layer_ids)}, block size up to {drafter.max_block_size}, mask token {drafter.mask_token_id};
-embedding and LM head are the target's own. Layers initialised from the target's top layers: {cfg.drafter.init_from_target}.
+embedding and LM head are the target's own. Initialised from: {cfg.drafter.init_from or ("the target's top layers" if cfg.drafter.init_from_target else "random")}.
 
 Data (training split of prompt suite `{cfg.data.suite}` and offline text only):
 - target generations on training prompts at temperatures {list(cfg.data.gen_temperatures)}: {len(data['generated'])} sequences, {tokens['generated']:,} tokens;

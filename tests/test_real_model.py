@@ -56,9 +56,9 @@ def test_cli_prints_text_and_stats(smollm2, tmp_path, capsys):
     assert result["speedup"] > 0 and isinstance(result["text"], str)
 
 
-def test_cli_refuses_block_size_without_drafter(capsys):
-    assert generate_main(["--prompt", "x", "--block-size", "4"]) == 2
-    assert "needs a drafter" in capsys.readouterr().err
+def test_cli_reports_a_missing_drafter(capsys):
+    assert generate_main(["--prompt", "x", "--block-size", "4", "--drafter", "no-such-drafter"]) == 2
+    assert "needs a drafter: no drafter 'no-such-drafter'" in capsys.readouterr().err
 
 
 def test_decode_benchmark_runs_and_reports_every_block(tmp_path):

@@ -55,6 +55,13 @@ def test_stages_resume_and_export(tmp_path, smollm2):
     out = speculative_generate(smollm2, drafter, "def add(a, b):", 4, max_new_tokens=6)
     assert out.stats.new_tokens >= 1
 
+    # warm start of a fresh run from the exported drafter
+    (tmp_path / "work" / "checkpoint.pt").unlink()
+    warm = run(tmp_path, "stage=train", "train.steps=1", f"drafter.init_from={tmp_path / 'export'}")
+    assert warm.returncode == 0, warm.stderr[-3000:]
+    assert "resumed" not in warm.stdout and log_steps(tmp_path) == [1]
+    assert len(list((tmp_path / "work").glob("train_log.before-*.jsonl"))) == 1
+
 
 def test_train_block_larger_than_drafter_is_rejected(tmp_path):
     bad = run(tmp_path, "stage=train", "train.block_size=32")
