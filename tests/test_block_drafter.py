@@ -149,3 +149,8 @@ def test_checkpoint_for_another_target_is_rejected(tmp_path, other, message):
 def test_config_without_dflash_keys_is_rejected():
     with pytest.raises(ValueError, match="not a DFlash drafter config"):
         BlockDrafter(Qwen3Config(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8))
+
+
+def test_no_shipped_drafter_for_an_unknown_target(tiny_target):
+    with pytest.raises(FileNotFoundError, match="no shipped drafter for target 'tiny-"):
+        load_drafter("default", tiny_target)

@@ -74,3 +74,13 @@ def test_decode_benchmark_runs_and_reports_every_block(tmp_path):
     assert all(0 < summary["blocks"][b]["oracle"]["ceiling_ratio"] for b in summary["blocks"])
     assert "| 4 |" in printed and "oracle/bound" in printed
     assert summary["per_category"]["chat"]["prompts"] == 1 and summary["best_fixed_block"] in (1, 2, 4)
+
+
+def test_shipped_drafter_loads_by_name_and_as_default(smollm2, prompt, hf_tokens):
+    from bp_rl import BlockDrafter, load_drafter
+
+    drafter = load_drafter("default", smollm2)
+    assert isinstance(drafter, BlockDrafter) and drafter.max_block_size == 16
+    assert load_drafter("smollm2-135m-block", smollm2).target_layer_ids == drafter.target_layer_ids
+    out = speculative_generate(smollm2, drafter, prompt, 16, max_new_tokens=24, stop_token_ids=[])
+    assert out.token_ids == hf_tokens
