@@ -1,0 +1,1 @@
+"""Block-size policies behind one Agent interface. Built by the agents issue."""

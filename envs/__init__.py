@@ -1,0 +1,1 @@
+"""Gymnasium environments over bp_rl (block-size decision per request). Built by the reward-table issue."""
