@@ -90,7 +90,7 @@ def measure(fn: Callable[[], object], device: torch.device | str = "cpu", warmup
     return Timing(samples)
 
 
-def cpu_threads_note() -> str:
+def machine_load_note() -> str:
     """Why CPU timings may be skewed: other heavy processes share the cores."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return f"1-min load average {load:.2f} on {os.cpu_count()} cores"

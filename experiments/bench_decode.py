@@ -26,7 +26,7 @@ from transformers import DynamicCache
 
 from bp_rl import OracleDrafter, Target, load_drafter, load_target, speculative_generate
 from bp_rl.prompts import DEFAULT_SUITE, SPLITS, Prompt, load_prompts, render_prompt
-from bp_rl.timing import cpu_threads_note, device_name, measure
+from bp_rl.timing import machine_load_note, device_name, measure
 
 
 @dataclass
@@ -200,7 +200,7 @@ def summarise(rows: list[Row], sizes: list[int], t_verify: dict[int, float], has
 
 
 def print_report(args, target: Target, prompts: list[Prompt], summary: dict) -> None:
-    print(f"\ndevice: {device_name(target.device)}; {cpu_threads_note()}")
+    print(f"\ndevice: {device_name(target.device)}; {machine_load_note()}")
     print(
         f"target: {target.name} ({target.dtype}); drafter: {args.drafter or 'none'}; suite {args.suite}/{args.split}: "
         f"{len(prompts)} prompts; max_new_tokens {args.max_new_tokens}; temperature {args.temperature}; repeats {args.repeats}"
