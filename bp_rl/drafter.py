@@ -112,10 +112,10 @@ def shipped_drafters() -> list[str]:
 
 def default_drafter_name(target) -> str:
     """The shipped block drafter trained for `target` (named `<target>-block`)."""
-    name = f"{target.name}-block"
-    if name not in shipped_drafters():
+    name, shipped = f"{target.name}-block", shipped_drafters()
+    if name not in shipped:
         raise FileNotFoundError(
-            f"no shipped drafter for target {target.name!r} (shipped: {shipped_drafters()}); "
+            f"no shipped drafter for target {target.name!r} (shipped: {shipped}); "
             "train one with experiments/train_drafter.py or pass a drafter name or folder"
         )
     return name
@@ -127,6 +127,7 @@ def load_drafter(path_or_name: str, target, **options) -> Drafter:
     (config.json + safetensors; ours or a public DFlash checkpoint)."""
     from bp_rl.block_drafter import BlockDrafter
 
+    shipped = shipped_drafters()
     if path_or_name == "default":
         path_or_name = default_drafter_name(target)
     if path_or_name in NAMED_DRAFTERS:
@@ -134,12 +135,12 @@ def load_drafter(path_or_name: str, target, **options) -> Drafter:
             return NAMED_DRAFTERS[path_or_name](target, **options)
         except TypeError as err:  # an option the drafter does not take
             raise ValueError(f"bad option for drafter {path_or_name!r}: {err}") from err
-    folder = SHIPPED_DRAFTERS_DIR / path_or_name if path_or_name in shipped_drafters() else Path(path_or_name)
+    folder = SHIPPED_DRAFTERS_DIR / path_or_name if path_or_name in shipped else Path(path_or_name)
     if folder.is_dir():
         if options:
             raise ValueError(f"a drafter folder takes no options, got {sorted(options)}")
         return BlockDrafter.load(folder, target)
     raise FileNotFoundError(
-        f"no drafter {path_or_name!r}: known names {sorted([*NAMED_DRAFTERS, *shipped_drafters(), 'default'])}, "
+        f"no drafter {path_or_name!r}: known names {sorted([*NAMED_DRAFTERS, *shipped, 'default'])}, "
         "or a drafter folder (config.json + model.safetensors)"
     )

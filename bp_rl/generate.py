@@ -12,6 +12,7 @@ import sys
 from bp_rl.decoding import autoregressive_generate, speculative_generate
 from bp_rl.drafter import load_drafter
 from bp_rl.models import DEFAULT_TARGET, load_target
+from bp_rl.prompts import chat_prompt
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,11 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"--block-size {args.block_size} needs a drafter: {err}", file=sys.stderr)
         return 2
-    prompt = args.prompt
-    if args.chat:
-        prompt = target.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
+    prompt = chat_prompt(args.prompt, target.tokenizer, who="--chat") if args.chat else args.prompt
     sampling = dict(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed
     )

@@ -60,13 +60,14 @@ def load_prompts(suite: str = DEFAULT_SUITE, split: str | None = None, category:
 
 def render_prompt(prompt: Prompt, tokenizer: Any) -> str:
     """The text the target sees: wrapped as a user turn by the chat template when `prompt.chat`."""
-    if not prompt.chat:
-        return prompt.text
+    return chat_prompt(prompt.text, tokenizer, who=f"prompt {prompt.id!r}") if prompt.chat else prompt.text
+
+
+def chat_prompt(text: str, tokenizer: Any, who: str = "a chat prompt") -> str:
+    """`text` as one user turn of the tokenizer's chat template, ready for the assistant's answer."""
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"prompt {prompt.id!r} needs a chat template, and the target's tokenizer has none")
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt.text}], tokenize=False, add_generation_prompt=True
-    )
+        raise ValueError(f"{who} needs a chat template, and the target's tokenizer has none")
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
 
 
 def assign_splits(prompts: Iterable[Prompt]) -> list[Prompt]:

@@ -65,13 +65,17 @@ def append_jsonl(path: Path, rows: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """Replace `path` with `rows`, atomically (temporary file, then rename)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+
+
 def clean_torn_tail(path: Path) -> None:
     """Drop a partial last line (a crash mid-write) so appends start on a fresh line."""
-    text = path.read_text() if path.exists() else ""
-    if text and not text.endswith("\n"):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text[: text.rfind("\n") + 1])
-        tmp.replace(path)
+    if path.exists() and not path.read_text().endswith("\n"):
+        write_jsonl(path, read_jsonl(path))
 
 
 def generate_sequences(cfg: DictConfig, target: Target, prompts, temperature: float, out: Path) -> None:
@@ -79,14 +83,13 @@ def generate_sequences(cfg: DictConfig, target: Target, prompts, temperature: fl
     clean_torn_tail(out)
     done = {r["id"] for r in read_jsonl(out)}
     tag = f"t{temperature:g}"
-    todo = [p for p in prompts if f"{p.id}@{tag}" not in done]
     tok = target.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else target.eos_token_ids[0]
-    todo.sort(key=lambda p: len(tok(render_prompt(p, tok), add_special_tokens=False)["input_ids"]))
+    todo = [(p, target.encode(render_prompt(p, tok)).tolist()) for p in prompts if f"{p.id}@{tag}" not in done]
+    todo.sort(key=lambda item: len(item[1]))  # similar lengths per batch: little padding
     size = cfg.data.gen_batch_size
     for start in tqdm(range(0, len(todo), size), desc=f"generate {out.stem} T={temperature:g}", unit="batch"):
-        batch = todo[start : start + size]
-        encoded = [tok(render_prompt(p, tok), add_special_tokens=False)["input_ids"] for p in batch]
+        batch, encoded = zip(*todo[start : start + size])
         width = max(map(len, encoded))
         ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=target.device)  # left-padded
         mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=target.device)
@@ -120,8 +123,8 @@ def text_files_allowed(suite: str) -> list[Path]:
 
 
 def text_sequences(cfg: DictConfig, target: Target, out: Path) -> None:
-    if read_jsonl(out):
-        return  # built in one go: it is cheap, and a torn file is rebuilt below
+    if out.exists():
+        return  # written atomically in one go, so it is either complete or absent
     files = text_files_allowed(cfg.data.suite)
     random.Random(cfg.train.seed).shuffle(files)
     stream: list[int] = []
@@ -135,9 +138,7 @@ def text_sequences(cfg: DictConfig, target: Target, out: Path) -> None:
             stream = stream[cfg.data.seq_len :]
         if len(rows) == wanted:
             break
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(out)
+    write_jsonl(out, rows)
 
 
 def build_data(cfg: DictConfig, target: Target, work: Path) -> None:
@@ -305,7 +306,7 @@ def train(cfg: DictConfig, target: Target, work: Path) -> None:
         p.requires_grad_(False)
     optimizer = torch.optim.AdamW(drafter.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     state = {"step": 0, "label_tokens": 0, "seconds": 0.0}
-    checkpoint = work / "checkpoint.pt"
+    checkpoint, log = work / "checkpoint.pt", work / "train_log.jsonl"
     if checkpoint.exists():
         saved = torch.load(checkpoint, map_location=target.device, weights_only=False)
         drafter.load_state_dict(saved["drafter"])
@@ -314,16 +315,12 @@ def train(cfg: DictConfig, target: Target, work: Path) -> None:
         torch.set_rng_state(saved["torch_rng"])
         print(f"resumed from {checkpoint} at step {state['step']}")
         # steps logged after the checkpoint are redone: drop them so the log has each step once
-        kept = [r for r in read_jsonl(work / "train_log.jsonl") if r["step"] <= state["step"]]
-        tmp = work / "train_log.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        tmp.replace(work / "train_log.jsonl")
-    elif (work / "train_log.jsonl").exists():  # a fresh run: keep the old log aside, never lose it
-        (work / "train_log.jsonl").rename(work / f"train_log.before-{int(time.time())}.jsonl")
+        write_jsonl(log, [r for r in read_jsonl(log) if r["step"] <= state["step"]])
+    elif log.exists():  # a fresh run: keep the old log aside, never lose it
+        log.rename(work / f"train_log.before-{int(time.time())}.jsonl")
     state.setdefault("device", device_name(target.device))
     rng = random.Random(cfg.train.seed + state["step"])
     generator = torch.Generator().manual_seed(cfg.train.seed + state["step"])
-    log = work / "train_log.jsonl"
     weight = target.model.get_output_embeddings().weight
     embedding = target.model.get_input_embeddings().weight
     deadline = time.monotonic() + 60 * cfg.train.max_minutes if cfg.train.max_minutes else math.inf
@@ -418,7 +415,8 @@ Training: {state['step']} steps, {state['label_tokens']:,} labelled block positi
 on {state.get('device', 'unknown device')}; AdamW lr {cfg.train.lr}, {cfg.train.seqs_per_step} sequences x {cfg.train.blocks_per_seq} blocks per step,
 random block sizes {cfg.train.min_block}-{cfg.train.block_size}, loss weight exp(-(p-1)/{cfg.train.loss_decay}).
 
-Learning curve (validation prompts; acceptance = tokens per verify pass at block {drafter.max_block_size}, greedy):
+Learning curve (loss and accuracy on the validation generations; acceptance = tokens per verify pass at
+block {drafter.max_block_size}, greedy, on the first {cfg.train.eval_prompts} validation-split prompts of the suite file):
 
 | step | labelled tokens | val loss | val first-position accuracy | val acceptance |
 |---:|---:|---:|---:|---:|
