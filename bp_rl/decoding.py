@@ -133,13 +133,24 @@ class SpeculativeDecoder:
 
     @torch.inference_mode()
     def prefill(self) -> Prefill:
-        """Run the prompt through the target and commit the first new token."""
-        out = self._forward(self.prompt_ids, all_hidden=True, logits_to_keep=1)
-        if self.layer_ids:
-            self.draft_context.new_hidden = self._drafter_features(out.hidden_states, len(self.prompt_ids))
-        first = int(self.sampler.sample(out.logits[0, -1]))
-        self._commit([first])
+        """Run the prompt through the target (timed into `stats`) and commit the first new token."""
+        with Stopwatch(self.target.device) as clock:
+            out = self._forward(self.prompt_ids, all_hidden=True, logits_to_keep=1)
+            if self.layer_ids:
+                self.draft_context.new_hidden = self._drafter_features(out.hidden_states, len(self.prompt_ids))
+            first = int(self.sampler.sample(out.logits[0, -1]))
+            self._commit([first])
+        self.stats.prefill_seconds = clock.seconds
         return Prefill(hidden_states=out.hidden_states, last_logits=out.logits[0, -1])
+
+    def decode(self, block_size: int) -> DecodeStats:
+        """Decode to the end (stop token or budget) at a fixed block size, timed into `stats`."""
+        check_block_size(self.drafter, block_size)
+        with Stopwatch(self.target.device) as clock:
+            while not self.done:
+                self.step(block_size)
+        self.stats.decode_seconds = clock.seconds
+        return self.stats
 
     @torch.inference_mode()
     def step(self, block_size: int) -> int:
@@ -209,13 +220,8 @@ def speculative_generate(
     check_block_size(drafter, block_size)
     sampler = Sampler.create(temperature, top_k, top_p, seed, target.device)
     decoder = SpeculativeDecoder(target, drafter, prompt, max_new_tokens, sampler, stop_token_ids)
-    with Stopwatch(target.device) as prefill_time:
-        decoder.prefill()
-    with Stopwatch(target.device) as decode_time:
-        while not decoder.done:
-            decoder.step(block_size)
-    decoder.stats.prefill_seconds = prefill_time.seconds
-    decoder.stats.decode_seconds = decode_time.seconds
+    decoder.prefill()
+    decoder.decode(block_size)
     new_ids = decoder.new_token_ids
     return Generation(token_ids=new_ids, text=target.decode(new_ids), stats=decoder.stats)
 

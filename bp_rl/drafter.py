@@ -9,6 +9,7 @@ requests.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,3 +145,15 @@ def load_drafter(path_or_name: str, target, **options) -> Drafter:
         f"no drafter {path_or_name!r}: known names {sorted([*NAMED_DRAFTERS, *shipped, 'default'])}, "
         "or a drafter folder (config.json + model.safetensors)"
     )
+
+
+def drafter_fingerprint(drafter: Drafter | None) -> str:
+    """A short hash that changes whenever the drafter could behave differently: class, settings, weights."""
+    digest = hashlib.sha256(type(drafter).__name__.encode())
+    if isinstance(drafter, torch.nn.Module):
+        for name, tensor in sorted(drafter.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu", torch.float32).numpy().tobytes())
+    elif drafter is not None:
+        digest.update(repr(sorted(vars(drafter).items())).encode())
+    return digest.hexdigest()[:16]

@@ -1,1 +1,15 @@
-"""Gymnasium environments over bp_rl (block-size decision per request). Built by the reward-table issue."""
+"""Gymnasium environments over the decoding core: choose a request's draft block size.
+
+Registered ids:
+- `bp_rl/BlockSize-v0`: replays the shipped measured table (`make_table_env`);
+- `bp_rl/BlockSizeLive-v0`: decodes for real with timing (`make_live_env`; nondeterministic).
+"""
+
+import gymnasium as gym
+
+from envs.block_size import DEFAULT_TABLE, BlockSizeEnv, make_live_env, make_table_env, observation_stats
+
+gym.register(id="bp_rl/BlockSize-v0", entry_point="envs.block_size:make_table_env")
+gym.register(id="bp_rl/BlockSizeLive-v0", entry_point="envs.block_size:make_live_env", nondeterministic=True)
+
+__all__ = ["DEFAULT_TABLE", "BlockSizeEnv", "make_live_env", "make_table_env", "observation_stats"]

@@ -45,3 +45,48 @@ def smollm2():
     from bp_rl import load_target
 
     return load_target("smollm2-135m", device="cpu")
+
+
+TINY_BLOCKS = [1, 2, 4]
+TINY_FEATURES = ("last_hidden", "logit_stats", "prompt_length")
+
+
+def tiny_prompts() -> list:
+    """Twelve token-id prompts over two categories: 6 train, 3 val, 3 test."""
+    from bp_rl.prompts import Prompt
+
+    splits = ["train"] * 6 + ["val"] * 3 + ["test"] * 3
+    return [
+        Prompt(id=f"p{i:02d}", category=("code", "chat")[i % 2], source="test", license="MIT", chat=False, text="", split=split)
+        for i, split in enumerate(splits)
+    ]
+
+
+def build_tiny_table(path, target, drafter, rows=None, **overrides):
+    """A real (tiny) reward table: every row decoded and timed by the collection loop."""
+    from bp_rl.collection import collect_rows, plan_rows, table_metadata
+    from bp_rl.measurement import DecodeSettings, measure
+    from bp_rl.rewards import RewardTable
+
+    settings = DecodeSettings(max_new_tokens=12)
+    prompts = tiny_prompts()
+    generator = torch.Generator().manual_seed(0)
+    token_ids = {p.id: torch.randint(2, 64, (5 + i,), generator=generator).tolist() for i, p in enumerate(prompts)}
+    warm = measure(target, drafter, token_ids["p00"], 2, settings, TINY_FEATURES)
+    dims = {name: len(vector) for name, vector in warm.observations.items()}
+    meta = table_metadata(target, drafter, "tiny", "tiny-suite", settings, TINY_BLOCKS, dims)
+    meta.update(overrides)
+    table = RewardTable.create_or_resume(path, meta)
+    if rows is None:
+        rows = plan_rows(prompts, TINY_BLOCKS, {"train": 1, "val": 1, "test": 2}, seed=0)
+    collect_rows(table, target, drafter, rows, token_ids, settings, TINY_FEATURES, seed=0)
+    return table
+
+
+@pytest.fixture(scope="session")
+def tiny_table_path(tmp_path_factory):
+    target = make_tiny_target("llama")
+    drafter = BlockDrafter.for_target(target, num_layers=1, block_size=4, seed=1)
+    path = tmp_path_factory.mktemp("tables") / "tiny.sqlite"
+    build_tiny_table(path, target, drafter).close()
+    return path

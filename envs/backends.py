@@ -1,0 +1,112 @@
+"""Where `BlockSizeEnv`'s prompts, observations and outcomes come from.
+
+A backend knows a fixed list of prompts. `observe(i)` starts request i and returns its
+observation; `outcome(i, k, rng)` finishes it at block size `block_sizes[k]` and returns what
+happened. Two backends:
+
+- `TableBackend` replays a measured `RewardTable` (fast; deterministic under a seed);
+- `LiveBackend` decodes for real with `bp_rl.measurement`, the same code that filled the table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bp_rl.features import DEFAULT_FEATURE_SET
+from bp_rl.measurement import AUTOREGRESSIVE, DecodeSettings, finish_request, measure, start_request
+from bp_rl.prompts import DEFAULT_SUITE, load_prompts, render_prompt
+from bp_rl.rewards import ACCEPTANCE, SAMPLE_COLUMNS, TableView
+
+REPLAY_MODES = ("sample", "median")
+
+
+@dataclass
+class Outcome:
+    """One decoded request at one block size."""
+
+    tokens_per_second: float
+    mean_acceptance: float
+    new_tokens: int
+    cycles: int
+    decode_seconds: float
+    ar_tokens_per_second: float
+
+
+class TableBackend:
+    """Replays a table: a measured repeat drawn with the env's RNG (`sample`) or the median (`median`)."""
+
+    nondeterministic = False
+
+    def __init__(self, view: TableView, replay: str = "sample"):
+        if replay not in REPLAY_MODES:
+            raise ValueError(f"unknown replay mode {replay!r}; valid: {list(REPLAY_MODES)}")
+        self.view, self.replay = view, replay
+        self.prompt_ids, self.categories = view.prompt_ids, list(view.categories)
+        self.block_sizes = view.block_sizes
+        self.observation_dim = view.observations.shape[1]
+        self._ar = view.ar_tokens_per_second
+        self._medians = np.stack([view.median(c) for c in range(len(SAMPLE_COLUMNS))], axis=-1)  # (N, K, C)
+
+    def observe(self, i: int, rng: np.random.Generator) -> np.ndarray:
+        return self.view.observations[i]
+
+    def outcome(self, i: int, k: int, rng: np.random.Generator) -> Outcome:
+        if self.replay == "median":
+            row = self._medians[i, k]
+        else:
+            repeats = self.view.samples[i][k]
+            row = repeats[rng.integers(len(repeats))]
+        return Outcome(row[0], row[ACCEPTANCE], int(row[2]), int(row[3]), row[4], self._ar[i])
+
+
+class LiveBackend:
+    """Decodes for real: `observe` prefills (timed), `outcome` decodes from that same prefill.
+
+    Each prompt's autoregressive speed is measured once, on its first episode, for the speedup.
+    """
+
+    nondeterministic = True
+
+    def __init__(
+        self,
+        target,
+        drafter,
+        split: str,
+        suite: str = DEFAULT_SUITE,
+        block_sizes: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16),
+        feature_set: str = DEFAULT_FEATURE_SET,
+        settings: DecodeSettings = DecodeSettings(),
+        category: str | None = None,
+    ):
+        prompts = load_prompts(suite, split=split, category=category)
+        if not prompts:
+            raise ValueError(f"no prompts in split {split!r} of suite {suite!r} (category {category!r})")
+        self.target, self.drafter, self.settings, self.feature_set = target, drafter, settings, feature_set
+        self.prompt_ids, self.categories = [p.id for p in prompts], [p.category for p in prompts]
+        self.block_sizes = tuple(block_sizes)
+        self._token_ids = [target.encode(render_prompt(p, target.tokenizer)) for p in prompts]
+        self._ar: dict[int, float] = {}
+        self._decoder = None
+        self.observation_dim = len(self.observe(0, np.random.default_rng(0)))
+        self._decoder = None
+
+    def observe(self, i: int, rng: np.random.Generator) -> np.ndarray:
+        seed = int(rng.integers(2**31))
+        self._decoder, observations = start_request(
+            self.target, self.drafter, self._token_ids[i], self.settings, (self.feature_set,), seed
+        )
+        return observations[self.feature_set]
+
+    def outcome(self, i: int, k: int, rng: np.random.Generator) -> Outcome:
+        if self._decoder is None:
+            raise RuntimeError("outcome() before observe(): call reset() first")
+        stats = finish_request(self._decoder, self.block_sizes[k])
+        self._decoder = None
+        if i not in self._ar:
+            baseline = measure(self.target, None, self._token_ids[i], AUTOREGRESSIVE, self.settings, seed=int(rng.integers(2**31)))
+            self._ar[i] = baseline.stats.tokens_per_second
+        return Outcome(
+            stats.tokens_per_second, stats.mean_acceptance, stats.new_tokens, stats.cycles, stats.decode_seconds, self._ar[i]
+        )

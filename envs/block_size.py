@@ -1,0 +1,162 @@
+"""`BlockSizeEnv`: pick a request's draft block size from its prefill, once (a contextual bandit).
+
+`reset()` draws a prompt of the split with `self.np_random` and returns its observation;
+`step(a)` decodes it at `block_sizes[a]` and ends the episode with the reward. Where the
+prompts and outcomes come from is the backend's business (`envs.backends`): a measured table
+replayed, or live decoding. Build one with `make_table_env` / `make_live_env`, or
+`gymnasium.make("bp_rl/BlockSize-v0")` / `gymnasium.make("bp_rl/BlockSizeLive-v0")`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from bp_rl.features import DEFAULT_FEATURE_SET
+from bp_rl.measurement import DecodeSettings
+from bp_rl.prompts import DEFAULT_SUITE, SPLITS
+from bp_rl.rewards import DEFAULT_REWARD, RewardTable, TableView, check_reward, reward_value
+from envs.backends import LiveBackend, TableBackend
+
+DEFAULT_TABLE = "smollm2-135m-block-t0"
+
+
+class BlockSizeEnv(gym.Env):
+    """One decision per episode: the block size for one request.
+
+    oracle: a table view over the same prompts that tells each prompt's best block size and
+    its reward (`info["oracle_block"]`, `info["oracle_reward"]`); None where unknown.
+    obs_stats: (mean, std) to standardise observations with (training-split statistics).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        backend: TableBackend | LiveBackend,
+        reward: str = DEFAULT_REWARD,
+        oracle: TableView | None = None,
+        obs_stats: tuple[np.ndarray, np.ndarray] | None = None,
+    ):
+        self.backend, self.reward_name = backend, check_reward(reward)
+        self.block_sizes = tuple(backend.block_sizes)
+        self.action_space = gym.spaces.Discrete(len(self.block_sizes))
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (backend.observation_dim,), np.float32)
+        self.obs_stats = obs_stats
+        self._oracle = _oracle_lookup(oracle, reward) if oracle is not None else {}
+        self._prompt: int | None = None
+
+    @property
+    def num_prompts(self) -> int:
+        return len(self.backend.prompt_ids)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Draw a prompt (or take `options["prompt_index"]`, to walk a split in order) and observe it."""
+        super().reset(seed=seed)
+        index = (options or {}).get("prompt_index")
+        if index is None:
+            index = int(self.np_random.integers(self.num_prompts))
+        elif not 0 <= index < self.num_prompts:
+            raise ValueError(f"prompt_index must be in [0, {self.num_prompts}), got {index!r}")
+        self._prompt = index
+        observation = self.backend.observe(index, self.np_random)
+        return self._normalise(observation), {"prompt_id": self.backend.prompt_ids[index]}
+
+    def step(self, action):
+        if self._prompt is None:
+            raise RuntimeError("step() before reset(): each episode is one decision, call reset() first")
+        if not self.action_space.contains(action):
+            raise ValueError(
+                f"action {action!r} is outside the action space Discrete({self.action_space.n}): "
+                f"valid actions are 0..{self.action_space.n - 1} for block sizes {list(self.block_sizes)}"
+            )
+        i, k = self._prompt, int(action)
+        self._prompt = None
+        out = self.backend.outcome(i, k, self.np_random)
+        reward = float(reward_value(self.reward_name, out.tokens_per_second, out.ar_tokens_per_second, out.mean_acceptance))
+        oracle_block, oracle_reward = self._oracle.get(self.backend.prompt_ids[i], (None, None))
+        info = {
+            "block_size": self.block_sizes[k],
+            "new_tokens": out.new_tokens,
+            "cycles": out.cycles,
+            "mean_acceptance": float(out.mean_acceptance),
+            "decode_seconds": float(out.decode_seconds),
+            "tokens_per_second": float(out.tokens_per_second),
+            "speedup": float(out.tokens_per_second / out.ar_tokens_per_second),
+            "prompt_id": self.backend.prompt_ids[i],
+            "category": self.backend.categories[i],
+            "oracle_block": oracle_block,
+            "oracle_reward": oracle_reward,
+        }
+        # One step ends the episode; a zero observation stands in for the (absent) next one.
+        return np.zeros(self.observation_space.shape, np.float32), reward, True, False, info
+
+    def _normalise(self, observation: np.ndarray) -> np.ndarray:
+        if self.obs_stats is not None:
+            mean, std = self.obs_stats
+            observation = (observation - mean) / std
+        return np.array(observation, dtype=np.float32)  # a fresh copy: callers may keep it
+
+
+def _oracle_lookup(view: TableView, reward: str) -> dict[str, tuple[int, float]]:
+    rewards = view.rewards(reward)
+    best = rewards.argmax(axis=1)
+    return {pid: (view.block_sizes[b], float(rewards[i, b])) for i, (pid, b) in enumerate(zip(view.prompt_ids, best))}
+
+
+def observation_stats(view: TableView) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std (floored, so constant features do not divide by zero)."""
+    observations = view.observations.astype(np.float64)
+    return observations.mean(axis=0).astype(np.float32), np.maximum(observations.std(axis=0), 1e-6).astype(np.float32)
+
+
+def make_table_env(
+    table: str = DEFAULT_TABLE,
+    split: str = "train",
+    feature_set: str = DEFAULT_FEATURE_SET,
+    reward: str = DEFAULT_REWARD,
+    replay: str = "sample",
+    normalize_obs: bool = False,
+    expect: dict | None = None,
+) -> BlockSizeEnv:
+    """Replay `table` (a shipped name or a .sqlite path) on one split of its prompts."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {list(SPLITS)}")
+    rewards = RewardTable.load(table, expect)
+    view = rewards.view(feature_set, split)
+    stats = observation_stats(rewards.view(feature_set, "train")) if normalize_obs else None
+    return BlockSizeEnv(TableBackend(view, replay), reward, oracle=view, obs_stats=stats)
+
+
+def make_live_env(
+    target: str = "smollm2-135m",
+    drafter: str = "default",
+    split: str = "test",
+    suite: str = DEFAULT_SUITE,
+    block_sizes: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16),
+    feature_set: str = DEFAULT_FEATURE_SET,
+    reward: str = DEFAULT_REWARD,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    table: str | None = None,
+    normalize_obs: bool = False,
+    device: str | None = None,
+) -> BlockSizeEnv:
+    """Decode for real on `split`. `table` (optional) supplies the oracle info and normalisation statistics."""
+    from bp_rl import load_drafter, load_target  # loading models is slow: only live environments pay for it
+
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {list(SPLITS)}")
+    if normalize_obs and table is None:
+        raise ValueError("normalize_obs=True needs a table whose training split gives the statistics (table=...)")
+    model = load_target(target, device=device)
+    settings = DecodeSettings(max_new_tokens=max_new_tokens, temperature=temperature)
+    backend = LiveBackend(model, load_drafter(drafter, model), split, suite, tuple(block_sizes), feature_set, settings)
+    oracle = stats = None
+    if table is not None:
+        rewards = RewardTable.load(table)
+        oracle = rewards.view(feature_set, split)
+        stats = observation_stats(rewards.view(feature_set, "train")) if normalize_obs else None
+    return BlockSizeEnv(backend, reward, oracle=oracle, obs_stats=stats)

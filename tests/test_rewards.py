@@ -1,0 +1,145 @@
+"""Reward tables: collection is crash-safe and resumable, views are right, bad files fail clearly."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+import bp_rl.collection as collection
+from bp_rl import BlockDrafter
+from bp_rl.collection import parse_shard, plan_rows, shard_path
+from bp_rl.measurement import AUTOREGRESSIVE
+from bp_rl.rewards import RewardTable, reward_value
+from conftest import TINY_BLOCKS, build_tiny_table, make_tiny_target, tiny_prompts
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    target = make_tiny_target("llama")
+    return target, BlockDrafter.for_target(target, num_layers=1, block_size=4, seed=1)
+
+
+def test_view_holds_every_prompt_with_medians_and_oracle(tiny_table_path):
+    table = RewardTable.load(tiny_table_path)
+    assert len(table.done_keys()) == 12 * 4 + 3 * 4  # every (prompt, block or AR), test twice
+    view = table.view("last_hidden+prompt_length")
+    assert len(view) == 12 and view.observations.shape == (12, 32 + 1)
+    tps = view.rewards("tokens_per_second")
+    assert tps.shape == (12, len(TINY_BLOCKS)) and (tps > 0).all()
+    np.testing.assert_allclose(view.rewards("speedup"), tps / view.ar_tokens_per_second[:, None])
+    np.testing.assert_allclose(view.rewards("log_speedup"), np.log(view.rewards("speedup")))
+    assert (view.rewards("acceptance_length") >= 1).all()
+    assert (view.best_blocks() == tps.argmax(axis=1)).all()
+    assert view.grid_block() == tps.mean(axis=0).argmax()
+    test = view.subset(view.splits == "test")
+    assert len(test) == 3 and all(len(s) == 2 for row in test.samples for s in row)  # two repeats each
+
+
+def test_rows_match_a_direct_measurement_count(tiny_table_path):
+    table = RewardTable.load(tiny_table_path)
+    ids = {pid for pid, _, _ in table.done_keys()}
+    assert ids == {p.id for p in tiny_prompts()}
+    for pid, block, repeat in table.done_keys():
+        assert block in (AUTOREGRESSIVE, *TINY_BLOCKS) and repeat in (0, 1)
+
+
+def test_interrupted_collection_loses_nothing_and_resume_never_duplicates(tmp_path, tiny_models, monkeypatch):
+    target, drafter = tiny_models
+    real_measure, calls = collection.measure, []
+
+    def crashing_measure(*args, **kwargs):
+        if len(calls) == 7:
+            raise KeyboardInterrupt  # the process is killed while measuring the 8th row
+        calls.append(1)
+        return real_measure(*args, **kwargs)
+
+    monkeypatch.setattr(collection, "measure", crashing_measure)
+    with pytest.raises(KeyboardInterrupt):
+        build_tiny_table(tmp_path / "t.sqlite", target, drafter)
+    assert len(RewardTable.load(tmp_path / "t.sqlite").done_keys()) == 7
+
+    monkeypatch.setattr(collection, "measure", real_measure)
+    table = build_tiny_table(tmp_path / "t.sqlite", target, drafter)  # the same plan again: resumes
+    assert len(table.done_keys()) == 60
+    assert table.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 60
+    assert table.db.execute("SELECT COUNT(DISTINCT prompt_id) FROM observations").fetchone()[0] == 12
+
+
+def test_refuses_to_mix_rows_from_other_settings(tmp_path, tiny_table_path, tiny_models):
+    path = tmp_path / "t.sqlite"
+    shutil.copy(tiny_table_path, path)
+    with pytest.raises(ValueError, match="refusing to mix rows.*drafter_hash"):
+        build_tiny_table(path, *tiny_models, drafter_hash="0123456789abcdef")
+    with pytest.raises(ValueError, match="target: table has 'tiny-llama', asked for 'other'"):
+        RewardTable.load(path, expect={"target": "other"})
+
+
+def test_shards_merge_into_the_whole(tmp_path, tiny_models):
+    rows = plan_rows(tiny_prompts(), TINY_BLOCKS, {"train": 1, "val": 1, "test": 1}, seed=0)
+    first = build_tiny_table(tmp_path / "a.sqlite", *tiny_models, rows=rows[:20])
+    second = build_tiny_table(tmp_path / "b.sqlite", *tiny_models, rows=rows[15:])
+    assert first.merge_from(second) > 0
+    assert first.done_keys() == {(p.id, b, r) for p, b, r in rows}
+    assert first.merge_from(second) == 0  # idempotent
+    other = build_tiny_table(tmp_path / "c.sqlite", *tiny_models, rows=rows[:1], settings={"temperature": 1.0})
+    with pytest.raises(ValueError, match="cannot merge.*settings"):
+        first.merge_from(other)
+
+
+def test_plan_visits_every_prompt_before_any_repeat():
+    prompts = tiny_prompts()
+    rows = plan_rows(prompts, TINY_BLOCKS, {"train": 1, "val": 1, "test": 3}, seed=0)
+    assert len(rows) == 12 * 4 + 3 * 2 * 4
+    first_repeat_one = next(i for i, row in enumerate(rows) if row[2] == 1)
+    assert {row[0].id for row in rows[:first_repeat_one]} == {p.id for p in prompts}
+    assert rows == plan_rows(prompts, TINY_BLOCKS, {"train": 1, "val": 1, "test": 3}, seed=0)
+    orders = {tuple(b for p, b, r in rows if p.id == pid and r == 0) for pid in ("p00", "p01", "p02", "p03")}
+    assert len(orders) > 1  # block order is shuffled per prompt
+
+
+def test_shard_names_and_bad_shards(tmp_path):
+    assert parse_shard("1/3") == (1, 3)
+    assert shard_path(tmp_path / "t.sqlite", 1, 3).name == "t.shard1of3.sqlite"
+    for bad in ("3/3", "a/2", "1", "-1/2"):
+        with pytest.raises(ValueError, match="shard must be 'i/n'"):
+            parse_shard(bad)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupted_table_fails_clearly(tmp_path, tiny_table_path, damage):
+    path = tmp_path / "t.sqlite"
+    data = tiny_table_path.read_bytes()
+    path.write_bytes(data[: len(data) // 3] if damage == "truncate" else b"not a database" * 100)
+    with pytest.raises(ValueError, match="not a readable reward table"):
+        RewardTable.load(path)
+
+
+def test_bad_names_fail_with_the_valid_choices(tiny_table_path):
+    table = RewardTable.load(tiny_table_path)
+    with pytest.raises(ValueError, match="feature set 'mean_hidden' is not in.*last_hidden"):
+        table.view("mean_hidden")
+    with pytest.raises(ValueError, match="unknown feature 'nope'"):
+        table.view("nope")
+    with pytest.raises(ValueError, match="unknown split 'dev'.*train"):
+        table.view("last_hidden", split="dev")
+    with pytest.raises(ValueError, match="unknown reward 'fast'.*tokens_per_second"):
+        table.view("last_hidden").rewards("fast")
+    with pytest.raises(ValueError, match="unknown reward table 'nope'"):
+        RewardTable.load("nope")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        RewardTable.load("/nonexistent/t.sqlite")
+
+
+def test_empty_split_fails_clearly(tmp_path, tiny_models):
+    rows = [row for row in plan_rows(tiny_prompts(), TINY_BLOCKS, {"train": 1, "val": 1, "test": 1}, 0) if row[0].split == "train"]
+    table = build_tiny_table(tmp_path / "t.sqlite", *tiny_models, rows=rows)
+    with pytest.raises(ValueError, match="no completely measured prompt in split 'test'"):
+        table.view("last_hidden", split="test")
+
+
+def test_reward_value_definitions():
+    assert reward_value("speedup", 30.0, 20.0, 1.5) == 1.5
+    assert reward_value("acceptance_length", 30.0, 20.0, 1.5) == 1.5
+    assert reward_value("log_speedup", 20.0, 20.0, 1.5) == 0.0
