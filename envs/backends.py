@@ -104,8 +104,9 @@ class LiveBackend:
             raise RuntimeError("outcome() before observe(): call reset() first")
         stats = finish_request(self._decoder, self.block_sizes[k])
         self._decoder = None
+        seed = int(rng.integers(2**31))  # drawn every step, so the RNG stream does not depend on the cache
         if i not in self._ar:
-            baseline = measure(self.target, None, self._token_ids[i], AUTOREGRESSIVE, self.settings, seed=int(rng.integers(2**31)))
+            baseline = measure(self.target, None, self._token_ids[i], AUTOREGRESSIVE, self.settings, seed=seed)
             self._ar[i] = baseline.stats.tokens_per_second
         return Outcome(
             stats.tokens_per_second, stats.mean_acceptance, stats.new_tokens, stats.cycles, stats.decode_seconds, self._ar[i]
