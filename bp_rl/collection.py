@@ -54,12 +54,19 @@ def row_seed(seed: int, prompt: Prompt, block: int, repeat: int) -> int:
 
 
 def wait_while_paused(pause_file: Path, bar: tqdm) -> bool:
-    """Block while `pause_file` exists; True if we waited (the caller re-warms before timing)."""
+    """Block while `pause_file` exists, saying so in `<pause_file>d`; True if we waited.
+
+    The handshake lets other CPU work wait for `<out>.paused` before it starts, so no timed
+    decode ever overlaps it.
+    """
     if not pause_file.exists():
         return False
+    acknowledged = pause_file.with_name(pause_file.name + "d")
+    acknowledged.touch()
     bar.set_postfix_str(f"paused: remove {pause_file} to go on")
     while pause_file.exists():
-        time.sleep(2)
+        time.sleep(1)
+    acknowledged.unlink(missing_ok=True)
     return True
 
 
@@ -74,15 +81,22 @@ def collect_rows(
     seed: int,
     pause_file: Path | None = None,
 ) -> None:
-    """Measure `rows` in order, committing each to `table` as soon as it is measured."""
+    """Measure `rows` in order, committing each to `table` as soon as it is measured.
+
+    With a `pause_file`, a decode during which a pause was requested is thrown away and
+    measured again after the pause, as other work may have overlapped it.
+    """
     observed = {pid for (pid,) in table.db.execute("SELECT DISTINCT prompt_id FROM observations")}
     rewarm_block = max(table.block_sizes)
     bar = tqdm(rows, unit="decode", smoothing=0.05)
     for prompt, block, repeat in bar:
-        if pause_file is not None and wait_while_paused(pause_file, bar):
-            measure(target, drafter, token_ids[prompt.id], rewarm_block, settings, seed=0)
-        wanted = () if prompt.id in observed else feature_sets
-        result = measure(target, drafter, token_ids[prompt.id], block, settings, wanted, row_seed(seed, prompt, block, repeat))
+        while True:
+            if pause_file is not None and wait_while_paused(pause_file, bar):
+                measure(target, drafter, token_ids[prompt.id], rewarm_block, settings, seed=0)
+            wanted = () if prompt.id in observed else feature_sets
+            result = measure(target, drafter, token_ids[prompt.id], block, settings, wanted, row_seed(seed, prompt, block, repeat))
+            if pause_file is None or not pause_file.exists():
+                break
         table.add(prompt, result, repeat, load=os.getloadavg()[0])
         observed.add(prompt.id)
         bar.set_postfix(prompt=prompt.id, block=block or "AR", tok_s=f"{result.stats.tokens_per_second:.1f}")

@@ -8,8 +8,9 @@ Crash-safe and resumable: each decode is committed as its own SQLite transaction
 re-run skips the rows already there. Prompts are visited in a seeded random order (so a
 partial table covers every split) and, within a prompt, the block sizes and the
 autoregressive baseline run in a seeded random order (so drift does not favour one size).
-Touch `<out>.pause` to make the collector wait between rows (e.g. while something else
-needs the CPU), remove it to go on.
+To run something else on this machine without skewing a timing: `touch <out>.pause`, wait
+until `<out>.paused` appears (the collector is idle), do the work, `rm <out>.pause`. A decode
+that overlapped the request is measured again.
 """
 
 from __future__ import annotations
