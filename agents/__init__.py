@@ -1,1 +1,23 @@
-"""Block-size policies behind one Agent interface. Built by the agents issue."""
+"""Block-size policies behind one interface (`Agent`), a registry open to plug-ins, and one evaluation.
+
+    from agents import make_agent, agent_names
+    agent = make_agent("ppo", block_sizes, observation_dim, seed=0, learning_rate=1e-3)
+"""
+
+from agents.base import AGENTS, Agent, FitData, LabelledSet, Logger, agent_names, make_agent, register
+from agents.evaluation import agent_policy, best_policy, run_policy, summarise
+
+__all__ = [
+    "AGENTS",
+    "Agent",
+    "FitData",
+    "LabelledSet",
+    "Logger",
+    "agent_names",
+    "agent_policy",
+    "best_policy",
+    "make_agent",
+    "register",
+    "run_policy",
+    "summarise",
+]

@@ -43,7 +43,7 @@ class TableBackend:
         if replay not in REPLAY_MODES:
             raise ValueError(f"unknown replay mode {replay!r}; valid: {list(REPLAY_MODES)}")
         self.view, self.replay = view, replay
-        self.prompt_ids, self.categories = view.prompt_ids, list(view.categories)
+        self.prompt_ids, self.categories = view.prompt_ids, [str(c) for c in view.categories]
         self.block_sizes = view.block_sizes
         self.observation_dim = view.observations.shape[1]
         self._ar = view.ar_tokens_per_second
@@ -79,8 +79,9 @@ class LiveBackend:
         feature_set: str = DEFAULT_FEATURE_SET,
         settings: DecodeSettings = DecodeSettings(),
         category: str | None = None,
+        max_prompts: int | None = None,
     ):
-        prompts = load_prompts(suite, split=split, category=category)
+        prompts = load_prompts(suite, split=split, category=category)[:max_prompts]
         if not prompts:
             raise ValueError(f"no prompts in split {split!r} of suite {suite!r} (category {category!r})")
         self.target, self.drafter, self.settings, self.feature_set = target, drafter, settings, feature_set

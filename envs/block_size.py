@@ -52,6 +52,11 @@ class BlockSizeEnv(gym.Env):
     def num_prompts(self) -> int:
         return len(self.backend.prompt_ids)
 
+    def oracle_action(self, index: int) -> int | None:
+        """The best action for prompt `index` where a table tells it (the evaluation reference), else None."""
+        best = self._oracle.get(self.backend.prompt_ids[index])
+        return None if best is None else self.block_sizes.index(best[0])
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Draw a prompt (or take `options["prompt_index"]`, to walk a split in order) and observe it."""
         super().reset(seed=seed)
@@ -62,7 +67,7 @@ class BlockSizeEnv(gym.Env):
             raise ValueError(f"prompt_index must be in [0, {self.num_prompts}), got {index!r}")
         self._prompt = index
         observation = self.backend.observe(index, self.np_random)
-        return self._normalise(observation), {"prompt_id": self.backend.prompt_ids[index]}
+        return self.normalise(observation), {"prompt_id": self.backend.prompt_ids[index]}
 
     def step(self, action):
         if self._prompt is None:
@@ -93,7 +98,8 @@ class BlockSizeEnv(gym.Env):
         # One step ends the episode; a zero observation stands in for the (absent) next one.
         return np.zeros(self.observation_space.shape, np.float32), reward, True, False, info
 
-    def _normalise(self, observation: np.ndarray) -> np.ndarray:
+    def normalise(self, observation: np.ndarray) -> np.ndarray:
+        """The observation as this environment returns it (standardised when `obs_stats` is set)."""
         if self.obs_stats is not None:
             mean, std = self.obs_stats
             observation = (observation - mean) / std
@@ -143,8 +149,10 @@ def make_live_env(
     table: str | None = None,
     normalize_obs: bool = False,
     device: str | None = None,
+    max_prompts: int | None = None,
 ) -> BlockSizeEnv:
-    """Decode for real on `split`. `table` (optional) supplies the oracle info and normalisation statistics."""
+    """Decode for real on `split` (its first `max_prompts`). `table` (optional) supplies the oracle
+    info and the normalisation statistics."""
     from bp_rl import load_drafter, load_target  # loading models is slow: only live environments pay for it
 
     if split not in SPLITS:
@@ -153,7 +161,9 @@ def make_live_env(
         raise ValueError("normalize_obs=True needs a table whose training split gives the statistics (table=...)")
     model = load_target(target, device=device)
     settings = DecodeSettings(max_new_tokens=max_new_tokens, temperature=temperature)
-    backend = LiveBackend(model, load_drafter(drafter, model), split, suite, tuple(block_sizes), feature_set, settings)
+    backend = LiveBackend(
+        model, load_drafter(drafter, model), split, suite, tuple(block_sizes), feature_set, settings, max_prompts=max_prompts
+    )
     oracle = stats = None
     if table is not None:
         rewards = RewardTable.load(table)

@@ -1,0 +1,3 @@
+"""Importing this module registers every built-in agent."""
+
+from agents import bandits, baselines, oracle, ppo  # noqa: F401

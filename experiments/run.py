@@ -1,0 +1,120 @@
+"""Train a block-size agent on the training split and compare it on held-out prompts.
+
+    python experiments/run.py agent=ppo                       # the shipped table, test split
+    python experiments/run.py agent=linucb seed=1 env.reward=speedup
+    python experiments/run.py agent=oracle env=live env.max_prompts=20   # evaluate by real decoding
+    python experiments/run.py -m agent=ppo,linucb,oracle,grid seed=0,1,2 # a sweep; then report.py
+
+Writes into the Hydra run directory: results.json, config.yaml (resolved), the trained agent,
+and plots (tokens/s per agent and category, chosen-block histogram, learning curve); logs the
+same to W&B (offline unless told otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from agents import FitData, LabelledSet, Logger, agent_policy, best_policy, make_agent, run_policy, summarise
+from agents.base import agent_class, seed_everything
+from bp_rl.rewards import RewardTable
+from envs import make_live_env, make_table_env
+from reporting import comparison_table, plot_block_histogram, plot_learning_curve, plot_per_category
+from tracking import Tracker
+
+
+def build_envs(cfg: DictConfig):
+    """(training env, evaluation env, train labels, val labels) as the config asks.
+
+    Training always uses the train split (val for early stopping); evaluation uses `env.split`,
+    replayed from the table's medians or decoded live.
+    """
+    env = cfg.env
+    expect = {"target": cfg.model.target, "drafter": cfg.model.drafter}
+    table = RewardTable.load(env.table, expect)
+
+    def replayed(split: str, replay: str):
+        return make_table_env(str(table.path), split, env.feature_set, env.reward, replay, env.normalize_obs, expect)
+
+    def live(split: str, max_prompts: int | None = None):
+        return make_live_env(
+            cfg.model.target, cfg.model.drafter, split, block_sizes=table.block_sizes, feature_set=env.feature_set,
+            reward=env.reward, max_new_tokens=cfg.model.max_new_tokens, temperature=cfg.model.temperature,
+            table=str(table.path), normalize_obs=env.normalize_obs, device=cfg.model.device, max_prompts=max_prompts,
+        )  # fmt: skip
+
+    train_env = replayed("train", env.replay)
+    train, val = (LabelledSet.from_view(table.view(env.feature_set, s), env.reward, train_env.normalise) for s in ("train", "val"))
+    if env.backend == "table":
+        return train_env, replayed(env.split, "median"), train, val
+    return (live("train") if env.train_live else train_env), live(env.split, env.max_prompts), train, val
+
+
+@hydra.main(config_path="conf", config_name="run", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    if cfg.env.backend not in ("table", "live"):
+        raise ValueError(f"unknown env backend {cfg.env.backend!r}; valid: ['table', 'live'] (env=table or env=live)")
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    agent_settings = {k: v for k, v in OmegaConf.to_container(cfg.agent, resolve=True).items() if k != "name"}
+    agent_class(cfg.agent.name)  # fail fast on an unknown agent, before loading anything
+    seed_everything(cfg.seed)
+
+    train_env, eval_env, train, val = build_envs(cfg)
+    block_sizes, dim = train_env.block_sizes, train_env.observation_space.shape[0]
+    agent = make_agent(cfg.agent.name, block_sizes, dim, cfg.seed, **agent_settings)
+    tracker = Tracker(cfg, run_dir)
+
+    logger = Logger()
+    start = time.perf_counter()
+    agent.fit(FitData(env=train_env, budget=cfg.budget, seed=cfg.seed, logger=logger, train=train, val=val))
+    train_seconds = time.perf_counter() - start
+    agent.save(run_dir / "agent")
+
+    # The references: fixed and grid (fitted on the same training data), and the per-prompt best.
+    policies = {cfg.agent.name: agent_policy(agent)}
+    for name in cfg.compare:
+        if name != cfg.agent.name:
+            settings = {"block_size": cfg.fixed_block_size} if name == "fixed" else {}
+            reference = make_agent(name, block_sizes, dim, cfg.seed, **settings)
+            reference.fit(FitData(env=train_env, budget=cfg.budget, seed=cfg.seed, train=train, val=val))
+            policies[name] = agent_policy(reference)
+    records = {name: run_policy(policy, eval_env, name) for name, policy in policies.items()}
+    if eval_env.oracle_action(0) is not None:
+        records["best"] = run_policy(best_policy(eval_env), eval_env, "best")
+    grid = records.get("grid")
+    summaries = {name: summarise(rows, grid) for name, rows in records.items()}
+
+    results = {
+        "agent": cfg.agent.name,
+        "seed": cfg.seed,
+        "split": cfg.env.split,
+        "env": cfg.env.backend,
+        "table": str(RewardTable.load(cfg.env.table).path),
+        "reward": cfg.env.reward,
+        "train_seconds": train_seconds,
+        "metrics": summaries[cfg.agent.name],
+        "references": {name: s for name, s in summaries.items() if name != cfg.agent.name},
+    }
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    plots = [
+        plot_per_category(summaries, run_dir / "tokens_per_second.png"),
+        plot_block_histogram(summaries, block_sizes, run_dir / "block_histogram.png"),
+        plot_learning_curve(logger.history, run_dir / "learning_curve.png", cfg.agent.name),
+    ]
+    tracker.finish(logger.history, summaries, [p for p in plots if p is not None], run_dir / "agent", results)
+    print(f"\n{cfg.agent.name} (seed {cfg.seed}) on {cfg.env.backend} / {cfg.env.split}: "
+          f"{eval_env.num_prompts} prompts, reward {cfg.env.reward}, trained in {train_seconds:.1f} s\n")
+    print(comparison_table(summaries))
+    print(f"\nresults: {run_dir / 'results.json'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

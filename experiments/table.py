@@ -1,0 +1,117 @@
+"""Inspect, merge and publish reward tables.
+
+    python experiments/table.py show smollm2-135m-block-t0 [--split test] [--reward speedup]
+    python experiments/table.py merge runs/tables/all.sqlite runs/tables/t.shard0of2.sqlite runs/tables/t.shard1of2.sqlite
+    python experiments/table.py publish runs/tables/t.sqlite bp_rl/data/tables/t.sqlite
+
+`show` prints what the policies compete for: per category and overall, the tokens/s of
+autoregressive decoding, of every fixed block size, of the best fixed (grid) block and of the
+per-prompt best block, the headroom best/grid - 1, how often each size is a prompt's best,
+and the noise between timed repeats. `publish` copies a consistent snapshot (SQLite backup,
+safe while a collector is still writing) and compacts it, atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+
+from bp_rl.rewards import DEFAULT_REWARD, REWARDS, TPS, RewardTable
+from reporting import markdown_table
+
+
+def show(path: str, split: str | None, reward: str, feature_set: str | None) -> str:
+    table = RewardTable.load(path)
+    meta = table.meta
+    view = table.view(feature_set or next(iter(table.feature_sets)), split)
+    # grid is chosen on the training split, as an agent would; fall back to this split if absent
+    try:
+        grid_view = table.view(next(iter(table.feature_sets)), "train")
+    except ValueError:
+        grid_view = view
+    grid = grid_view.grid_block(reward)
+    rewards, tps = view.rewards(reward), view.median(TPS)
+    best = view.best_blocks(reward)
+    lines = [
+        f"table {table.path.name}: target {meta['target']}, drafter {meta['drafter']} ({meta['drafter_hash']}), "
+        f"{meta['device']}, {meta['settings']}",
+        f"{table.summary()['runs']} timed decodes; {len(view)} complete prompts in split {split or 'all'}; "
+        f"reward {reward}; grid block (chosen on {'train' if grid_view is not view else 'this split'}): {view.block_sizes[grid]}",
+        "",
+    ]
+    headers = ["category", "prompts", "AR tok/s", *[f"b{b}" for b in view.block_sizes], "grid", "best", "headroom best/grid-1", "best≠grid"]
+    rows = []
+    for category in [*sorted(set(view.categories)), "all"]:
+        mask = np.ones(len(view), bool) if category == "all" else view.categories == category
+        per_prompt_best = tps[mask][np.arange(mask.sum()), best[mask]]
+        grid_tps, best_tps = tps[mask, grid].mean(), per_prompt_best.mean()
+        rows.append(
+            [category, str(mask.sum()), f"{view.ar_tokens_per_second[mask].mean():.2f}"]
+            + [f"{v:.2f}" for v in tps[mask].mean(axis=0)]
+            + [f"{grid_tps:.2f}", f"{best_tps:.2f}", f"{best_tps / grid_tps - 1:+.1%}", f"{(best[mask] != grid).mean():.0%}"]
+        )
+    lines.append(markdown_table(rows, headers))
+    counts = np.bincount(best, minlength=len(view.block_sizes))
+    lines += ["", "prompts whose best block is each size: " + ", ".join(f"b{b}: {c}" for b, c in zip(view.block_sizes, counts))]
+    spreads = [np.std(s[:, TPS]) / np.mean(s[:, TPS]) for row in view.samples for s in row if len(s) > 1]
+    if spreads:
+        lines.append(
+            f"noise between repeats: coefficient of variation of tokens/s, median {np.median(spreads):.1%}, "
+            f"90th percentile {np.percentile(spreads, 90):.1%} ({len(spreads)} (prompt, block) cells with repeats)"
+        )
+    loads = [row[0] for row in table.db.execute("SELECT load FROM runs WHERE load IS NOT NULL")]
+    if loads:
+        lines.append(f"1-min load average while measuring: median {np.median(loads):.2f}, max {max(loads):.2f}")
+    return "\n".join(lines)
+
+
+def merge(out: str, inputs: list[str]) -> str:
+    first = RewardTable.load(inputs[0])
+    table = RewardTable.create_or_resume(out, first.meta)
+    added = sum(table.merge_from(RewardTable.load(path)) for path in inputs)
+    return f"{out}: {added} rows added, {len(table.done_keys())} in all"
+
+
+def publish(source: str, destination: str) -> str:
+    RewardTable.load(source)  # validate before copying
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = destination.with_name(f".{destination.name}.tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    with sqlite3.connect(source) as src, sqlite3.connect(tmp) as dst:
+        src.backup(dst)
+        dst.execute("VACUUM")
+    os.replace(tmp, destination)
+    table = RewardTable.load(destination)
+    return f"{destination}: {table.summary()['runs']} rows, {destination.stat().st_size / 1e6:.2f} MB"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("show", help="headroom, per category, noise")
+    p.add_argument("table", help="a shipped table name or a .sqlite path")
+    p.add_argument("--split", choices=["train", "val", "test"], default=None)
+    p.add_argument("--reward", choices=REWARDS, default=DEFAULT_REWARD)
+    p.add_argument("--feature-set", default=None)
+    p = commands.add_parser("merge", help="merge shards (same settings) into one table")
+    p.add_argument("out")
+    p.add_argument("inputs", nargs="+")
+    p = commands.add_parser("publish", help="consistent compact snapshot of a table (e.g. into bp_rl/data/tables)")
+    p.add_argument("source")
+    p.add_argument("destination")
+    args = parser.parse_args(argv)
+    if args.command == "show":
+        print(show(args.table, args.split, args.reward, args.feature_set))
+    elif args.command == "merge":
+        print(merge(args.out, args.inputs))
+    else:
+        print(publish(args.source, args.destination))
+
+
+if __name__ == "__main__":
+    main()

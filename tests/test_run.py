@@ -1,0 +1,99 @@
+"""`experiments/run.py` and `report.py` end to end, on a tiny real table (seconds per run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "experiments" / "conf"
+AGENT_CONFIGS = sorted(p.stem for p in (CONF / "agent").glob("*.yaml"))
+TINY = ["model.target=tiny-llama", "model.drafter=tiny", "env.feature_set=last_hidden+logit_stats", "budget=128"]
+FAST = {"ppo": ["agent.n_steps=32", "agent.batch_size=16", "agent.eval_every=64"], "oracle": ["agent.epochs=50"]}
+
+
+def run(args: list[str], cwd: Path, mode: str = "disabled") -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": mode, "WANDB_SILENT": "true"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def run_py(table: Path, out: Path, *overrides: str, mode: str = "disabled") -> subprocess.CompletedProcess:
+    return run([str(ROOT / "experiments" / "run.py"), f"env.table={table}", *TINY, f"hydra.run.dir={out}", *overrides], ROOT, mode)
+
+
+@pytest.mark.parametrize("name", AGENT_CONFIGS)
+def test_every_agent_runs_end_to_end(name, tiny_table_path, tmp_path):
+    result = run_py(tiny_table_path, tmp_path, f"agent={name}", *FAST.get(name, []))
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["agent"] == name and results["seed"] == 0 and results["split"] == "test"
+    metrics = results["metrics"]
+    for key in ("tokens_per_second", "speedup", "mean_acceptance", "gap_closed", "regret", "decision_ms", "per_category"):
+        assert key in metrics
+    assert set(results["references"]) >= {"grid", "best"} - {name}
+    assert (tmp_path / "agent" / "agent.json").is_file() and (tmp_path / "config.yaml").is_file()
+    assert (tmp_path / "tokens_per_second.png").is_file() and (tmp_path / "block_histogram.png").is_file()
+    assert "| agent | prompts | tokens/s" in result.stdout
+    assert not (tmp_path / "wandb").exists()  # logger disabled: W&B writes nothing
+
+
+def test_wandb_offline_run_holds_the_metrics(tiny_table_path, tmp_path):
+    result = run_py(tiny_table_path, tmp_path, "agent=grid", "logger.mode=offline", mode="offline")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    # the offline log is protobuf records whose values are JSON text: the logged numbers are in it
+    log = next(runs[0].glob("*.wandb")).read_bytes()
+    metrics = json.loads((tmp_path / "results.json").read_text())["metrics"]
+    assert b"eval/tokens_per_second" in log and repr(metrics["tokens_per_second"]).encode() in log
+    assert b"train/mean_reward" in log and b"eval/table" in log and b"agent-grid-s0" in log
+    assert list((runs[0] / "files" / "media" / "images").rglob("block_histogram*.png"))
+
+
+def test_sweep_and_report(tiny_table_path, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run(
+        [str(ROOT / "experiments" / "run.py"), "-m", "agent=grid,oracle", "seed=0,1", f"env.table={tiny_table_path}", *TINY,
+         f"hydra.sweep.dir={sweep}"],
+        ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list(sweep.rglob("results.json"))) == 4
+    report = run([str(ROOT / "experiments" / "report.py"), str(sweep)], ROOT)
+    assert report.returncode == 0, report.stderr[-3000:]
+    text = (sweep / "report.md").read_text()
+    assert "| oracle | 0,1 |" in text and "| grid | 0,1 |" in text and "| best |" in text
+    assert (sweep / "tokens_per_second.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("agent=nope", "Could not find 'agent/nope'"),
+        ("agent.learning_rat=0.1", "learning_rat"),
+        ("+agent.learning_rat=0.1", "agent 'ppo' does not accept ['learning_rat']"),
+        ("agent.learning_rate=fast", "learning_rate"),
+        ("env.table=/nonexistent/t.sqlite", "reward table '/nonexistent/t.sqlite' does not exist"),
+        ("env.reward=fast", "unknown reward 'fast'"),
+        ("env.split=dev", "unknown split 'dev'"),
+        ("logger.mode=loud", "unknown logger.mode 'loud'"),
+    ],
+)
+def test_bad_overrides_fail_with_a_message(override, message, tiny_table_path, tmp_path):
+    result = run_py(tiny_table_path, tmp_path, override)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("group, options", [("agent", AGENT_CONFIGS), ("env", ["table", "live"]), ("model", ["smollm2-135m", "qwen3-4b-dflash"])])
+def test_every_config_composes(group, options):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for option in options:
+            cfg = compose(config_name="run", overrides=[f"{group}={option}"])
+            assert cfg[group] is not None
