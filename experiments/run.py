@@ -29,6 +29,24 @@ from reporting import comparison_table, plot_block_histogram, plot_learning_curv
 from tracking import Tracker
 
 
+CONF = Path(__file__).parent / "conf"
+
+
+def route_plugin_agents(argv: list[str]) -> list[str]:
+    """`agent=<name>` with no config file of that name -> `agent=plugin agent.name=<name>`.
+
+    Plug-in packages bring no Hydra config; this lets `agent=my_agent` work for them as is.
+    """
+    routed = []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key == "agent" and value and "," not in value and not (CONF / "agent" / f"{value}.yaml").is_file():
+            routed += ["agent=plugin", f"agent.name={value}"]
+        else:
+            routed.append(arg)
+    return routed
+
+
 def build_envs(cfg: DictConfig):
     """(training env, evaluation env, train labels, val labels) as the config asks.
 
@@ -117,4 +135,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = route_plugin_agents(sys.argv)
     main()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -115,6 +117,14 @@ def test_a_plugin_package_registers_an_agent_by_entry_point(tmp_path, tiny_table
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[:2] == ["True", "bp_rl_knn_agent"]
+    # and by name on the command line, with no config file for it in this repository
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "run.py"), "agent=knn", "+agent.k=3", f"env.table={tiny_table_path}",
+         "model.target=tiny-llama", "model.drafter=tiny", "env.feature_set=last_hidden", f"hydra.run.dir={tmp_path / 'run'}"],
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "site"), "WANDB_MODE": "disabled"}, capture_output=True, text=True, cwd=ROOT,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["agent"] == "knn"
 
 
 def test_a_broken_plugin_fails_loudly_with_its_package_name(tmp_path):

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "experiments" / "conf"
-AGENT_CONFIGS = sorted(p.stem for p in (CONF / "agent").glob("*.yaml"))
+AGENT_CONFIGS = sorted(p.stem for p in (CONF / "agent").glob("*.yaml") if p.stem != "plugin")
 TINY = ["model.target=tiny-llama", "model.drafter=tiny", "env.feature_set=last_hidden+logit_stats", "budget=128"]
 FAST = {"ppo": ["agent.n_steps=32", "agent.batch_size=16", "agent.eval_every=64"], "oracle": ["agent.epochs=50"]}
 
@@ -75,7 +75,7 @@ def test_sweep_and_report(tiny_table_path, tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("agent=nope", "Could not find 'agent/nope'"),
+        ("agent=nope", "unknown agent 'nope'; known agents: ["),
         ("agent.learning_rat=0.1", "learning_rat"),
         ("+agent.learning_rat=0.1", "agent 'ppo' does not accept ['learning_rat']"),
         ("agent.learning_rate=fast", "learning_rate"),
