@@ -143,18 +143,8 @@ class LinearBandit(Agent):
 class EpsilonGreedyAgent(LinearBandit):
     """A random arm with probability epsilon (decaying linearly to `epsilon_final` over the budget), else the greedy one."""
 
-    def __init__(
-        self,
-        block_sizes,
-        observation_dim,
-        seed=0,
-        pca_dim: int = 32,
-        ridge: float = 1.0,
-        warmup: int | None = None,
-        epsilon: float = 0.2,
-        epsilon_final: float = 0.01,
-    ):
-        super().__init__(block_sizes, observation_dim, seed, pca_dim, ridge, warmup)
+    def __init__(self, *args, epsilon: float = 0.2, epsilon_final: float = 0.01, **kwargs):
+        super().__init__(*args, **kwargs)
         self.epsilon, self.epsilon_final = epsilon, epsilon_final
 
     def explore(self, x, progress, rng) -> int:
@@ -168,17 +158,8 @@ class EpsilonGreedyAgent(LinearBandit):
 class LinUCBAgent(LinearBandit):
     """The arm with the highest upper confidence bound theta.x + alpha * sqrt(x^T A^-1 x)."""
 
-    def __init__(
-        self,
-        block_sizes,
-        observation_dim,
-        seed=0,
-        pca_dim: int = 32,
-        ridge: float = 1.0,
-        warmup: int | None = None,
-        alpha: float = 1.0,
-    ):
-        super().__init__(block_sizes, observation_dim, seed, pca_dim, ridge, warmup)
+    def __init__(self, *args, alpha: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
         self.alpha = alpha
 
     def explore(self, x, progress, rng) -> int:
@@ -190,17 +171,8 @@ class LinUCBAgent(LinearBandit):
 class LinTSAgent(LinearBandit):
     """Thompson sampling: the best arm under weights drawn from N(theta, v^2 A^-1)."""
 
-    def __init__(
-        self,
-        block_sizes,
-        observation_dim,
-        seed=0,
-        pca_dim: int = 32,
-        ridge: float = 1.0,
-        warmup: int | None = None,
-        v: float = 0.5,
-    ):
-        super().__init__(block_sizes, observation_dim, seed, pca_dim, ridge, warmup)
+    def __init__(self, *args, v: float = 0.5, **kwargs):
+        super().__init__(*args, **kwargs)
         self.v = v
 
     def explore(self, x, progress, rng) -> int:

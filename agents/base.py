@@ -95,8 +95,7 @@ class Agent(ABC):
 
     def config(self) -> dict[str, Any]:
         """The settings this agent was built with (saved next to its state)."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p not in ("self", "block_sizes", "observation_dim", "seed")]
-        return {name: getattr(self, name) for name in names}
+        return {name: getattr(self, name) for name in settings_of(type(self))}
 
     def state(self) -> dict[str, Any]:
         """What `fit` learned, as tensors/arrays/numbers (saved with torch.save)."""
@@ -176,10 +175,27 @@ def agent_class(name: str) -> type[Agent]:
     return AGENTS[name]
 
 
+_CORE_ARGS = ("block_sizes", "observation_dim", "seed")  # every agent's positional arguments, not settings
+
+
+def settings_of(cls: type[Agent]) -> list[str]:
+    """The keyword settings of an agent class: the named `__init__` parameters along its bases,
+    so a subclass may add its own and pass the rest on with `**kwargs`."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is Agent or not issubclass(klass, Agent):
+            continue
+        for parameter in inspect.signature(klass.__init__).parameters.values():
+            named = parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+            if named and parameter.name not in ("self", *_CORE_ARGS) and parameter.name not in names:
+                names.append(parameter.name)
+    return names
+
+
 def make_agent(name: str, block_sizes: tuple[int, ...], observation_dim: int, seed: int = 0, **config) -> Agent:
     """Build agent `name`; a setting it does not take is an error listing the ones it does."""
     cls = agent_class(name)
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "block_sizes", "observation_dim", "seed")]
+    accepted = settings_of(cls)
     unknown = sorted(set(config) - set(accepted))
     if unknown:
         raise ValueError(f"agent {name!r} does not accept {unknown}; its settings are {accepted}")

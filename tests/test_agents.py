@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -91,9 +92,9 @@ def test_evaluation_runs_the_policy_and_scores_against_grid_and_best(fit_data, t
 
 
 def _install_plugin(target: Path) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target),
-         str(ROOT / "experiments" / "plugins" / "bp_rl_knn_agent")],
+    source = shutil.copytree(ROOT / "experiments" / "plugins" / "bp_rl_knn_agent", target.parent / "plugin-source")
+    subprocess.run(  # from a copy: building leaves build/ and egg-info beside the sources
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(source)],
         check=True,
     )
 
