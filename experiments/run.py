@@ -104,7 +104,7 @@ def main(cfg: DictConfig) -> None:
             reference.fit(FitData(env=train_env, budget=cfg.budget, seed=cfg.seed, train=train, val=val))
             policies[name] = agent_policy(reference)
     records = {name: run_policy(policy, eval_env, name) for name, policy in policies.items()}
-    if eval_env.oracle_action(0) is not None:
+    if all(eval_env.oracle_action(i) is not None for i in range(eval_env.num_prompts)):
         records["best"] = run_policy(best_policy(eval_env), eval_env, "best")
     grid = records.get("grid")
     summaries = {name: summarise(rows, grid) for name, rows in records.items()}

@@ -97,3 +97,16 @@ def test_every_config_composes(group, options):
         for option in options:
             cfg = compose(config_name="run", overrides=[f"{group}={option}"])
             assert cfg[group] is not None
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_live_evaluation_decodes_the_agent_and_grid_side_by_side(tmp_path):
+    result = run(
+        [str(ROOT / "experiments" / "run.py"), "agent=oracle", "env=live", "env.max_prompts=3", "compare=[grid]", f"hydra.run.dir={tmp_path}"],
+        ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["env"] == "live" and results["metrics"]["prompts"] == 3
+    assert results["references"]["grid"]["prompts"] == 3 and results["metrics"]["tokens_per_second"] > 0
