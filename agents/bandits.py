@@ -18,6 +18,7 @@ from __future__ import annotations
 from abc import abstractmethod
 
 import numpy as np
+from tqdm import tqdm
 
 from agents.base import Agent, FitData, register
 
@@ -65,7 +66,7 @@ class LinearBandit(Agent):
         env.reset(seed=data.seed)
         warm_episodes, window, regret = [], [], None
         self.regret_curve = []
-        for episode in range(data.budget):
+        for episode in tqdm(range(data.budget), desc=self.name, unit="episode", leave=False, mininterval=1):
             observation, _ = env.reset()
             if episode < warmup:
                 action = episode % self.num_actions

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import numpy as np
+from tqdm import tqdm
 
 from agents.base import Agent, FitData, register
 
@@ -58,7 +59,7 @@ class GridAgent(Agent):
         else:
             totals, counts = np.zeros(self.num_actions), np.zeros(self.num_actions)
             data.env.reset(seed=data.seed)
-            for episode in range(data.budget):
+            for episode in tqdm(range(data.budget), desc="grid", unit="episode", leave=False):
                 data.env.reset()
                 action = episode % self.num_actions
                 _, reward, *_ = data.env.step(action)

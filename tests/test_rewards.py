@@ -143,3 +143,26 @@ def test_reward_value_definitions():
     assert reward_value("speedup", 30.0, 20.0, 1.5) == 1.5
     assert reward_value("acceptance_length", 30.0, 20.0, 1.5) == 1.5
     assert reward_value("log_speedup", 20.0, 20.0, 1.5) == 0.0
+
+
+@pytest.mark.real_model
+def test_collect_script_measures_resumes_and_refuses_bad_input(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "collect.py"
+    args = [sys.executable, str(script), "max_prompts=2", "splits=[test]", "block_sizes=[1,3]", "max_new_tokens=8", "warmup=1",
+            f"out={tmp_path}/t.sqlite", f"hydra.run.dir={tmp_path}/hydra"]  # fmt: skip
+    first = subprocess.run(args, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    table = RewardTable.load(tmp_path / "t.sqlite", expect={"target": "smollm2-135m", "block_sizes": [1, 3]})
+    assert len(table.done_keys()) == 2 * 3 * 3  # 2 prompts x (AR, 1, 3) x 3 test repeats
+    assert table.meta["settings"]["max_new_tokens"] == 8 and "last_hidden" in table.feature_sets
+    again = subprocess.run(args, capture_output=True, text=True)
+    assert again.returncode == 0 and "18 rows already measured, 0 to go" in again.stdout
+    mixed = subprocess.run([*args, "temperature=1.0"], capture_output=True, text=True)
+    assert mixed.returncode != 0 and "refusing to mix rows" in mixed.stderr
+    for bad, message in [("shard=2/2", "shard must be 'i/n'"), ("splits=[dev]", "unknown split(s) ['dev']"), ("block_sizes=[32]", "block_size must be")]:
+        result = subprocess.run([*args, bad], capture_output=True, text=True)
+        assert result.returncode != 0 and message in result.stderr, result.stderr[-1500:]
