@@ -9,7 +9,6 @@ temperature.
 
 from __future__ import annotations
 
-import torch
 
 from bp_rl.drafter import Draft, DraftContext, Drafter
 from bp_rl.sampling import Sampler

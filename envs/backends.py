@@ -17,7 +17,7 @@ import numpy as np
 from bp_rl.features import DEFAULT_FEATURE_SET
 from bp_rl.measurement import AUTOREGRESSIVE, DecodeSettings, finish_request, measure, start_request
 from bp_rl.prompts import DEFAULT_SUITE, load_prompts, render_prompt
-from bp_rl.rewards import ACCEPTANCE, SAMPLE_COLUMNS, TableView
+from bp_rl.rewards import SAMPLE_COLUMNS, TableView
 
 REPLAY_MODES = ("sample", "median")
 
@@ -36,8 +36,6 @@ class Outcome:
 
 class TableBackend:
     """Replays a table: a measured repeat drawn with the env's RNG (`sample`) or the median (`median`)."""
-
-    nondeterministic = False
 
     def __init__(self, view: TableView, replay: str = "sample"):
         if replay not in REPLAY_MODES:
@@ -58,7 +56,8 @@ class TableBackend:
         else:
             repeats = self.view.samples[i][k]
             row = repeats[rng.integers(len(repeats))]
-        return Outcome(row[0], row[ACCEPTANCE], int(row[2]), int(row[3]), row[4], self._ar[i])
+        tps, acceptance, new_tokens, cycles, seconds = row  # SAMPLE_COLUMNS
+        return Outcome(tps, acceptance, int(new_tokens), int(cycles), seconds, self._ar[i])
 
 
 class LiveBackend:
@@ -66,8 +65,6 @@ class LiveBackend:
 
     Each prompt's autoregressive speed is measured once, on its first episode, for the speedup.
     """
-
-    nondeterministic = True
 
     def __init__(
         self,

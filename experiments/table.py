@@ -24,17 +24,18 @@ from bp_rl.rewards import DEFAULT_REWARD, REWARDS, TPS, RewardTable
 from reporting import markdown_table
 
 
-def show(path: str, split: str | None, reward: str, feature_set: str | None) -> str:
+def show(path: str, split: str | None, reward: str) -> str:
     table = RewardTable.load(path)
     meta = table.meta
-    view = table.view(feature_set or next(iter(table.feature_sets)), split)
+    any_features = next(iter(table.feature_sets))  # observations play no part here
+    view = table.view(any_features, split)
     # grid is chosen on the training split, as an agent would; fall back to this split if absent
     try:
-        grid_view = table.view(next(iter(table.feature_sets)), "train")
+        grid_view = table.view(any_features, "train")
     except ValueError:
         grid_view = view
     grid = grid_view.grid_block(reward)
-    rewards, tps = view.rewards(reward), view.median(TPS)
+    tps = view.median(TPS)
     best = view.best_blocks(reward)
     lines = [
         f"table {table.path.name}: target {meta['target']}, drafter {meta['drafter']} ({meta['drafter_hash']}), "
@@ -97,7 +98,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("table", help="a shipped table name or a .sqlite path")
     p.add_argument("--split", choices=["train", "val", "test"], default=None)
     p.add_argument("--reward", choices=REWARDS, default=DEFAULT_REWARD)
-    p.add_argument("--feature-set", default=None)
     p = commands.add_parser("merge", help="merge shards (same settings) into one table")
     p.add_argument("out")
     p.add_argument("inputs", nargs="+")
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("destination")
     args = parser.parse_args(argv)
     if args.command == "show":
-        print(show(args.table, args.split, args.reward, args.feature_set))
+        print(show(args.table, args.split, args.reward))
     elif args.command == "merge":
         print(merge(args.out, args.inputs))
     else:

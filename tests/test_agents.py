@@ -10,7 +10,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from agents import FitData, LabelledSet, agent_names, agent_policy, best_policy, make_agent, run_policy, summarise

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from bp_rl import BlockDrafter, OracleDrafter, speculative_generate
 from bp_rl.generate import main as generate_main
