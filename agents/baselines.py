@@ -28,7 +28,7 @@ class RandomAgent(Agent):
 class FixedAgent(Agent):
     """Always `block_size`."""
 
-    def __init__(self, block_sizes, observation_dim, seed=0, block_size: int = 4):
+    def __init__(self, block_sizes, observation_dim, seed=0, block_size: int = 16):
         super().__init__(block_sizes, observation_dim, seed)
         if block_size not in self.block_sizes:
             raise ValueError(f"fixed block_size {block_size!r} is not in the action set {list(self.block_sizes)}")

@@ -58,7 +58,7 @@ def test_grid_picks_the_best_mean_block_from_the_table_or_by_trying(fit_data):
 @pytest.mark.parametrize("name", sorted(BUILT_INS))
 def test_every_built_in_fits_acts_and_round_trips(name, fit_data, test_env, tmp_path):
     dim = fit_data.env.observation_space.shape[0]
-    settings = {"ppo": {"n_steps": 32, "batch_size": 16, "eval_every": 32}}.get(name, {})
+    settings = {"ppo": {"n_steps": 32, "batch_size": 16, "eval_every": 32}, "fixed": {"block_size": 4}}.get(name, {})
     agent = make_agent(name, fit_data.env.block_sizes, dim, seed=0, **settings)
     agent.fit(fit_data)
     actions = [agent.act(o) for o in fit_data.val.observations]
@@ -120,7 +120,8 @@ def test_a_plugin_package_registers_an_agent_by_entry_point(tmp_path, tiny_table
     # and by name on the command line, with no config file for it in this repository
     run = subprocess.run(
         [sys.executable, str(ROOT / "experiments" / "run.py"), "agent=knn", "+agent.k=3", f"env.table={tiny_table_path}",
-         "model.target=tiny-llama", "model.drafter=tiny", "env.feature_set=last_hidden", f"hydra.run.dir={tmp_path / 'run'}"],
+         "model.target=tiny-llama", "model.drafter=tiny", "env.feature_set=last_hidden", "fixed_block_size=4",
+         f"hydra.run.dir={tmp_path / 'run'}"],
         env={**os.environ, "PYTHONPATH": str(tmp_path / "site"), "WANDB_MODE": "disabled"}, capture_output=True, text=True, cwd=ROOT,
     )
     assert run.returncode == 0, run.stderr[-3000:]

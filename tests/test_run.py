@@ -14,8 +14,12 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "experiments" / "conf"
 AGENT_CONFIGS = sorted(p.stem for p in (CONF / "agent").glob("*.yaml") if p.stem != "plugin")
-TINY = ["model.target=tiny-llama", "model.drafter=tiny", "env.feature_set=last_hidden+logit_stats", "budget=128"]
-FAST = {"ppo": ["agent.n_steps=32", "agent.batch_size=16", "agent.eval_every=64"], "oracle": ["agent.epochs=50"]}
+TINY = ["model.target=tiny-llama", "model.drafter=tiny", "env.feature_set=last_hidden+logit_stats", "budget=128", "fixed_block_size=4"]
+FAST = {
+    "ppo": ["agent.n_steps=32", "agent.batch_size=16", "agent.eval_every=64"],
+    "oracle": ["agent.epochs=50"],
+    "fixed": ["agent.block_size=4"],  # the tiny table's block sizes are 1, 2, 4
+}
 
 
 def run(args: list[str], cwd: Path, mode: str = "disabled") -> subprocess.CompletedProcess:
