@@ -178,18 +178,27 @@ def agent_class(name: str) -> type[Agent]:
 _CORE_ARGS = ("block_sizes", "observation_dim", "seed")  # every agent's positional arguments, not settings
 
 
-def settings_of(cls: type[Agent]) -> list[str]:
-    """The keyword settings of an agent class: the named `__init__` parameters along its bases,
-    so a subclass may add its own and pass the rest on with `**kwargs`."""
-    names: list[str] = []
+def settings_of(cls: type[Agent]) -> dict[str, Any]:
+    """The keyword settings of an agent class and their defaults: the named `__init__` parameters
+    along its bases, so a subclass may add its own and pass the rest on with `**kwargs`."""
+    settings: dict[str, Any] = {}
     for klass in cls.__mro__:
         if "__init__" not in vars(klass) or klass is Agent or not issubclass(klass, Agent):
             continue
         for parameter in inspect.signature(klass.__init__).parameters.values():
             named = parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
-            if named and parameter.name not in ("self", *_CORE_ARGS) and parameter.name not in names:
-                names.append(parameter.name)
-    return names
+            if named and parameter.name not in ("self", *_CORE_ARGS):
+                settings.setdefault(parameter.name, parameter.default)
+    return settings
+
+
+def _check_type(agent: str, name: str, value: Any, default: Any) -> None:
+    """A setting must have its default's kind (an int is fine for a float; a None default takes anything)."""
+    kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,), tuple: (list, tuple), list: (list, tuple)}
+    allowed = kinds.get(type(default))
+    wrong_bool = isinstance(value, bool) and type(default) is not bool
+    if allowed is not None and (wrong_bool or not isinstance(value, allowed)):
+        raise ValueError(f"agent {agent!r} setting {name} must be a {type(default).__name__} (default {default!r}), got {value!r}")
 
 
 def make_agent(name: str, block_sizes: tuple[int, ...], observation_dim: int, seed: int = 0, **config) -> Agent:
@@ -198,7 +207,9 @@ def make_agent(name: str, block_sizes: tuple[int, ...], observation_dim: int, se
     accepted = settings_of(cls)
     unknown = sorted(set(config) - set(accepted))
     if unknown:
-        raise ValueError(f"agent {name!r} does not accept {unknown}; its settings are {accepted}")
+        raise ValueError(f"agent {name!r} does not accept {unknown}; its settings are {list(accepted)}")
+    for key, value in config.items():
+        _check_type(name, key, value, accepted[key])
     return cls(block_sizes, observation_dim, seed, **config)
 
 

@@ -82,7 +82,7 @@ def test_sweep_and_report(tiny_table_path, tmp_path):
         ("agent=nope", "unknown agent 'nope'; known agents: ["),
         ("agent.learning_rat=0.1", "learning_rat"),
         ("+agent.learning_rat=0.1", "agent 'ppo' does not accept ['learning_rat']"),
-        ("agent.learning_rate=fast", "learning_rate"),
+        ("agent.learning_rate=fast", "agent 'ppo' setting learning_rate must be a float (default 0.0003), got 'fast'"),
         ("env.table=/nonexistent/t.sqlite", "reward table '/nonexistent/t.sqlite' does not exist"),
         ("env.reward=fast", "unknown reward 'fast'"),
         ("env.split=dev", "unknown split 'dev'"),
