@@ -5,7 +5,7 @@
 """
 
 from agents.base import AGENTS, Agent, FitData, LabelledSet, Logger, agent_names, make_agent, register
-from agents.evaluation import agent_policy, best_policy, run_policy, summarise
+from agents.evaluation import agent_policy, best_policy, run_policies, run_policy, summarise
 
 __all__ = [
     "AGENTS",
@@ -18,6 +18,7 @@ __all__ = [
     "best_policy",
     "make_agent",
     "register",
+    "run_policies",
     "run_policy",
     "summarise",
 ]

@@ -41,21 +41,32 @@ def best_policy(env) -> Policy:
     return policy
 
 
-def run_policy(policy: Policy, env, name: str = "policy") -> list[dict]:
-    """One episode per prompt of `env`'s split, in order; one record per prompt."""
-    records = []
-    for index in tqdm(range(env.num_prompts), desc=f"evaluate {name}", unit="prompt", leave=False):
-        observation, _ = env.reset(seed=index, options={"prompt_index": index})
-        start = time.perf_counter()
-        action = policy(observation, index)
-        decision_seconds = time.perf_counter() - start
-        if not env.action_space.contains(action):
-            raise ValueError(
-                f"{name} chose action {action!r}, outside Discrete({env.action_space.n}) for block sizes {list(env.block_sizes)}"
-            )
-        _, reward, _, _, info = env.step(action)
-        records.append({**info, "action": int(action), "reward": reward, "decision_seconds": decision_seconds})
+def run_policies(policies: dict[str, Policy], env, seed: int = 0) -> dict[str, list[dict]]:
+    """Every policy on every prompt of `env`'s split: one episode each, one record per prompt.
+
+    Policies take turns prompt by prompt, in a seeded random order per prompt, so on a live
+    environment machine drift cannot favour whichever policy would have run first.
+    """
+    rng = np.random.default_rng(seed)
+    records: dict[str, list[dict]] = {name: [] for name in policies}
+    for index in tqdm(range(env.num_prompts), desc=f"evaluate {', '.join(policies)}", unit="prompt", leave=False):
+        for name in rng.permutation(list(policies)):
+            observation, _ = env.reset(seed=index, options={"prompt_index": index})
+            start = time.perf_counter()
+            action = policies[name](observation, index)
+            decision_seconds = time.perf_counter() - start
+            if not env.action_space.contains(action):
+                raise ValueError(
+                    f"{name} chose action {action!r}, outside Discrete({env.action_space.n}) for block sizes {list(env.block_sizes)}"
+                )
+            _, reward, _, _, info = env.step(action)
+            records[name].append({**info, "action": int(action), "reward": reward, "decision_seconds": decision_seconds})
     return records
+
+
+def run_policy(policy: Policy, env, name: str = "policy") -> list[dict]:
+    """One policy on every prompt of `env`'s split."""
+    return run_policies({name: policy}, env)[name]
 
 
 def summarise(records: list[dict], grid: list[dict] | None = None) -> dict:

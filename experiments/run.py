@@ -21,7 +21,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from agents import FitData, LabelledSet, Logger, agent_policy, best_policy, make_agent, run_policy, summarise
+from agents import FitData, LabelledSet, Logger, agent_policy, best_policy, make_agent, run_policies, summarise
 from agents.base import agent_class, seed_everything
 from bp_rl.rewards import RewardTable
 from envs import make_live_env, make_table_env
@@ -103,9 +103,9 @@ def main(cfg: DictConfig) -> None:
             reference = make_agent(name, block_sizes, dim, cfg.seed, **settings)
             reference.fit(FitData(env=train_env, budget=cfg.budget, seed=cfg.seed, train=train, val=val))
             policies[name] = agent_policy(reference)
-    records = {name: run_policy(policy, eval_env, name) for name, policy in policies.items()}
     if all(eval_env.oracle_action(i) is not None for i in range(eval_env.num_prompts)):
-        records["best"] = run_policy(best_policy(eval_env), eval_env, "best")
+        policies["best"] = best_policy(eval_env)
+    records = run_policies(policies, eval_env, cfg.seed)  # live: interleaved prompt by prompt
     grid = records.get("grid")
     summaries = {name: summarise(rows, grid) for name, rows in records.items()}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agents import FitData, LabelledSet, agent_names, agent_policy, best_policy, make_agent, run_policy, summarise
+from agents import FitData, LabelledSet, agent_names, agent_policy, best_policy, make_agent, run_policies, run_policy, summarise
 from agents.base import Agent
 from bp_rl.rewards import RewardTable
 from envs import make_table_env
@@ -86,6 +86,9 @@ def test_evaluation_runs_the_policy_and_scores_against_grid_and_best(fit_data, t
         assert best_summary["gap_closed"] == pytest.approx(1) and grid_summary["gap_closed"] == pytest.approx(0)
     assert sum(grid_summary["block_histogram"].values()) == 3 and grid_summary["decision_ms"] >= 0
     assert set(grid_summary["per_category"]) == {"code", "chat"}
+    together = run_policies({"grid": agent_policy(grid), "best": best_policy(test_env)}, test_env, seed=1)
+    assert [r["reward"] for r in together["grid"]] == [r["reward"] for r in grid_records]
+    assert [r["reward"] for r in together["best"]] == [r["reward"] for r in best_records]
     with pytest.raises(ValueError, match=r"bad chose action 3, outside Discrete\(3\)"):
         run_policy(lambda obs, i: 3, test_env, "bad")
 
