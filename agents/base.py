@@ -178,22 +178,25 @@ def agent_class(name: str) -> type[Agent]:
 _CORE_ARGS = ("block_sizes", "observation_dim", "seed")  # every agent's positional arguments, not settings
 
 
-def settings_of(cls: type[Agent]) -> dict[str, Any]:
-    """The keyword settings of an agent class and their defaults: the named `__init__` parameters
-    along its bases, so a subclass may add its own and pass the rest on with `**kwargs`."""
-    settings: dict[str, Any] = {}
+def settings_of(cls: type[Agent]) -> dict[str, inspect.Parameter]:
+    """The keyword settings of an agent class (with defaults and annotations): the named `__init__`
+    parameters along its bases, so a subclass may add its own and pass the rest on with `**kwargs`."""
+    settings: dict[str, inspect.Parameter] = {}
     for klass in cls.__mro__:
         if "__init__" not in vars(klass) or klass is Agent or not issubclass(klass, Agent):
             continue
         for parameter in inspect.signature(klass.__init__).parameters.values():
             named = parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
             if named and parameter.name not in ("self", *_CORE_ARGS):
-                settings.setdefault(parameter.name, parameter.default)
+                settings.setdefault(parameter.name, parameter)
     return settings
 
 
-def _check_type(agent: str, name: str, value: Any, default: Any) -> None:
-    """A setting must have its default's kind (an int is fine for a float; a None default takes anything)."""
+def _check_type(agent: str, setting: inspect.Parameter, value: Any) -> None:
+    """A setting must have its default's kind (an int is fine for a float); None only where annotated optional."""
+    name, default = setting.name, setting.default
+    if value is None and (default is None or "None" in str(setting.annotation)):
+        return
     kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,), tuple: (list, tuple), list: (list, tuple)}
     allowed = kinds.get(type(default))
     wrong_bool = isinstance(value, bool) and type(default) is not bool
@@ -209,7 +212,7 @@ def make_agent(name: str, block_sizes: tuple[int, ...], observation_dim: int, se
     if unknown:
         raise ValueError(f"agent {name!r} does not accept {unknown}; its settings are {list(accepted)}")
     for key, value in config.items():
-        _check_type(name, key, value, accepted[key])
+        _check_type(name, accepted[key], value)
     return cls(block_sizes, observation_dim, seed, **config)
 
 

@@ -83,9 +83,10 @@ LEARNERS = {
     "oracle-classify": (OracleAgent, {"objective": "classify"}, 0),
     "oracle-classify-gap": (OracleAgent, {"objective": "classify", "gap_weighted": True}, 0),
     "oracle-regress": (OracleAgent, {"objective": "regress"}, 0),
-    "egreedy": (EpsilonGreedyAgent, {}, 600),
-    "linucb": (LinUCBAgent, {}, 600),
-    "lints": (LinTSAgent, {}, 600),
+    # a short warm-up (4 episodes per block size): this problem's budget is small
+    "egreedy": (EpsilonGreedyAgent, {"warmup": None}, 600),
+    "linucb": (LinUCBAgent, {"warmup": None}, 600),
+    "lints": (LinTSAgent, {"warmup": None}, 600),
 }
 
 
