@@ -19,6 +19,8 @@ CURVE_KEYS = ("val/reward", "train/regret", "train/reward", "rollout/ep_rew_mean
 def fmt(value, spread=None) -> str:
     if value is None:
         return "-"
+    if isinstance(value, int):
+        return str(value)
     text = f"{value:.3f}" if abs(value) < 10 else f"{value:.2f}"
     return text if spread is None else f"{text} ± {spread:.3f}"
 
