@@ -78,7 +78,9 @@ class LiveBackend:
         category: str | None = None,
         max_prompts: int | None = None,
     ):
-        prompts = load_prompts(suite, split=split, category=category)[:max_prompts]
+        prompts = load_prompts(suite, split=split, category=category)
+        if max_prompts is not None:  # spread evenly over the split, whose file order is by category
+            prompts = prompts[:: max(1, len(prompts) // max_prompts)][:max_prompts]
         if not prompts:
             raise ValueError(f"no prompts in split {split!r} of suite {suite!r} (category {category!r})")
         self.target, self.drafter, self.settings, self.feature_set = target, drafter, settings, feature_set

@@ -151,7 +151,7 @@ def make_live_env(
     device: str | None = None,
     max_prompts: int | None = None,
 ) -> BlockSizeEnv:
-    """Decode for real on `split` (its first `max_prompts`). `table` (optional) supplies the oracle
+    """Decode for real on `split` (`max_prompts` of it, spread evenly). `table` (optional) supplies the oracle
     info and the normalisation statistics."""
     from bp_rl import load_drafter, load_target  # loading models is slow: only live environments pay for it
 

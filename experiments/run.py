@@ -65,7 +65,7 @@ def build_envs(cfg: DictConfig):
             cfg.model.target, cfg.model.drafter, split, block_sizes=table.block_sizes, feature_set=env.feature_set,
             reward=env.reward, max_new_tokens=cfg.model.max_new_tokens, temperature=cfg.model.temperature,
             table=str(table.path), normalize_obs=env.normalize_obs, device=cfg.model.device, max_prompts=max_prompts,
-        )  # fmt: skip
+        )
 
     train_env = replayed("train", env.replay)
     train, val = (LabelledSet.from_view(table.view(env.feature_set, s), env.reward, train_env.normalise) for s in ("train", "val"))

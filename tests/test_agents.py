@@ -26,8 +26,8 @@ BUILT_INS = {"random", "fixed", "grid", "oracle", "egreedy", "linucb", "lints", 
 def fit_data(tiny_table_path):
     env = make_table_env(str(tiny_table_path), "train", FEATURES, normalize_obs=True)
     table = RewardTable.load(tiny_table_path)
-    label = lambda split: LabelledSet.from_view(table.view(FEATURES, split), "tokens_per_second", env.normalise)  # noqa: E731
-    return FitData(env=env, budget=64, seed=0, train=label("train"), val=label("val"))
+    train, val = (LabelledSet.from_view(table.view(FEATURES, s), "tokens_per_second", env.normalise) for s in ("train", "val"))
+    return FitData(env=env, budget=64, seed=0, train=train, val=val)
 
 
 @pytest.fixture
