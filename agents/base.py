@@ -57,6 +57,10 @@ class LabelledSet:
         observations = view.observations if normalise is None else np.stack([normalise(o) for o in view.observations])
         return cls(observations.astype(np.float32), view.rewards(reward), view.categories)
 
+    def mean_reward(self, actions: np.ndarray) -> float:
+        """Mean measured reward of taking `actions[i]` on prompt i (exact, from the table)."""
+        return float(self.rewards[np.arange(len(actions)), actions].mean())
+
 
 @dataclass
 class FitData:

@@ -92,8 +92,7 @@ class OracleAgent(Agent):
 
     def chosen_reward(self, labelled: LabelledSet) -> float:
         """Mean reward of the block sizes this agent picks for `labelled`'s prompts (exact, from the table)."""
-        actions = self._predict(labelled.observations).argmax(axis=1)
-        return float(labelled.rewards[np.arange(len(actions)), actions].mean())
+        return labelled.mean_reward(self._predict(labelled.observations).argmax(axis=1))
 
     def state(self) -> dict:
         weights = self.model.state_dict() if self.model is not None else None

@@ -116,7 +116,7 @@ class _KeepBestOnValidation(BaseCallback):
         if self.val is None:
             return
         actions, _ = self.model.policy.predict(self.val.observations, deterministic=True)
-        reward = float(self.val.rewards[np.arange(len(actions)), actions].mean())
+        reward = self.val.mean_reward(actions)
         self.out.log({"val/reward": reward}, step=self.num_timesteps)
         if reward > self.best_reward:
             self.best_reward = reward

@@ -144,10 +144,14 @@ class RewardTable:
             raise ValueError(f"{path} is not a readable reward table (truncated or corrupted?): {err}") from None
         if meta.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(f"{path} has schema version {meta.get('schema_version')!r}; this code reads {SCHEMA_VERSION}")
-        mismatch = _mismatch(meta, expect or {}, keys=tuple(expect or ()))
+        return cls(path, db, meta).check(expect or {})
+
+    def check(self, expect: dict) -> "RewardTable":
+        """This table, if its metadata has the values in `expect` (e.g. the target); else a clear error."""
+        mismatch = _mismatch(self.meta, expect, keys=tuple(expect))
         if mismatch:
-            raise ValueError(f"{path} does not match what was asked for: {mismatch}")
-        return cls(path, db, meta)
+            raise ValueError(f"{self.path} does not match what was asked for: {mismatch}")
+        return self
 
     def close(self) -> None:
         self.db.close()

@@ -118,8 +118,14 @@ def observation_stats(view: TableView) -> tuple[np.ndarray, np.ndarray]:
     return observations.mean(axis=0).astype(np.float32), np.maximum(observations.std(axis=0), 1e-6).astype(np.float32)
 
 
+def open_table(table: str | RewardTable, expect: dict | None = None) -> RewardTable:
+    """A table given by name, path or as an already open `RewardTable`, checked against `expect`."""
+    opened = table if isinstance(table, RewardTable) else RewardTable.load(table)
+    return opened.check(expect or {})
+
+
 def make_table_env(
-    table: str = DEFAULT_TABLE,
+    table: str | RewardTable = DEFAULT_TABLE,
     split: str = "train",
     feature_set: str = DEFAULT_FEATURE_SET,
     reward: str = DEFAULT_REWARD,
@@ -127,10 +133,10 @@ def make_table_env(
     normalize_obs: bool = False,
     expect: dict | None = None,
 ) -> BlockSizeEnv:
-    """Replay `table` (a shipped name or a .sqlite path) on one split of its prompts."""
+    """Replay `table` (a shipped name, a .sqlite path or an open table) on one split of its prompts."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {list(SPLITS)}")
-    rewards = RewardTable.load(table, expect)
+    rewards = open_table(table, expect)
     view = rewards.view(feature_set, split)
     stats = observation_stats(rewards.view(feature_set, "train")) if normalize_obs else None
     return BlockSizeEnv(TableBackend(view, replay), reward, oracle=view, obs_stats=stats)
@@ -146,7 +152,7 @@ def make_live_env(
     reward: str = DEFAULT_REWARD,
     max_new_tokens: int = 64,
     temperature: float = 0.0,
-    table: str | None = None,
+    table: str | RewardTable | None = None,
     normalize_obs: bool = False,
     device: str | None = None,
     max_prompts: int | None = None,
@@ -166,7 +172,7 @@ def make_live_env(
     )
     oracle = stats = None
     if table is not None:
-        rewards = RewardTable.load(table)
+        rewards = open_table(table)
         oracle = rewards.view(feature_set, split)
         stats = observation_stats(rewards.view(feature_set, "train")) if normalize_obs else None
     return BlockSizeEnv(backend, reward, oracle=oracle, obs_stats=stats)

@@ -47,24 +47,22 @@ def route_plugin_agents(argv: list[str]) -> list[str]:
     return routed
 
 
-def build_envs(cfg: DictConfig):
+def build_envs(cfg: DictConfig, table: RewardTable):
     """(training env, evaluation env, train labels, val labels) as the config asks.
 
     Training always uses the train split (val for early stopping); evaluation uses `env.split`,
     replayed from the table's medians or decoded live.
     """
     env = cfg.env
-    expect = {"target": cfg.model.target, "drafter": cfg.model.drafter}
-    table = RewardTable.load(env.table, expect)
 
     def replayed(split: str, replay: str):
-        return make_table_env(str(table.path), split, env.feature_set, env.reward, replay, env.normalize_obs, expect)
+        return make_table_env(table, split, env.feature_set, env.reward, replay, env.normalize_obs)
 
     def live(split: str, max_prompts: int | None = None):
         return make_live_env(
             cfg.model.target, cfg.model.drafter, split, block_sizes=table.block_sizes, feature_set=env.feature_set,
             reward=env.reward, max_new_tokens=cfg.model.max_new_tokens, temperature=cfg.model.temperature,
-            table=str(table.path), normalize_obs=env.normalize_obs, device=cfg.model.device, max_prompts=max_prompts,
+            table=table, normalize_obs=env.normalize_obs, device=cfg.model.device, max_prompts=max_prompts,
         )
 
     train_env = replayed("train", env.replay)
@@ -84,7 +82,8 @@ def main(cfg: DictConfig) -> None:
     agent_class(cfg.agent.name)  # fail fast on an unknown agent, before loading anything
     seed_everything(cfg.seed)
 
-    train_env, eval_env, train, val = build_envs(cfg)
+    table = RewardTable.load(cfg.env.table, expect={"target": cfg.model.target, "drafter": cfg.model.drafter})
+    train_env, eval_env, train, val = build_envs(cfg, table)
     block_sizes, dim = train_env.block_sizes, train_env.observation_space.shape[0]
     agent = make_agent(cfg.agent.name, block_sizes, dim, cfg.seed, **agent_settings)
     tracker = Tracker(cfg, run_dir)
@@ -114,7 +113,7 @@ def main(cfg: DictConfig) -> None:
         "seed": cfg.seed,
         "split": cfg.env.split,
         "env": cfg.env.backend,
-        "table": str(RewardTable.load(cfg.env.table).path),
+        "table": str(table.path),
         "reward": cfg.env.reward,
         "train_seconds": train_seconds,
         "metrics": summaries[cfg.agent.name],

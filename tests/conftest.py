@@ -83,10 +83,14 @@ def build_tiny_table(path, target, drafter, rows=None, **overrides):
     return table
 
 
+def tiny_table_models() -> tuple[Target, BlockDrafter]:
+    """The target and drafter every tiny table is measured with (so tables built apart can merge)."""
+    target = make_tiny_target("llama")
+    return target, BlockDrafter.for_target(target, num_layers=1, block_size=4, seed=1)
+
+
 @pytest.fixture(scope="session")
 def tiny_table_path(tmp_path_factory):
-    target = make_tiny_target("llama")
-    drafter = BlockDrafter.for_target(target, num_layers=1, block_size=4, seed=1)
     path = tmp_path_factory.mktemp("tables") / "tiny.sqlite"
-    build_tiny_table(path, target, drafter).close()
+    build_tiny_table(path, *tiny_table_models()).close()
     return path

@@ -8,17 +8,15 @@ import numpy as np
 import pytest
 
 import bp_rl.collection as collection
-from bp_rl import BlockDrafter
 from bp_rl.collection import parse_shard, plan_rows, shard_path
 from bp_rl.measurement import AUTOREGRESSIVE
 from bp_rl.rewards import RewardTable, reward_value
-from conftest import TINY_BLOCKS, build_tiny_table, make_tiny_target, tiny_prompts
+from conftest import TINY_BLOCKS, build_tiny_table, tiny_prompts, tiny_table_models
 
 
 @pytest.fixture(scope="module")
 def tiny_models():
-    target = make_tiny_target("llama")
-    return target, BlockDrafter.for_target(target, num_layers=1, block_size=4, seed=1)
+    return tiny_table_models()
 
 
 def test_view_holds_every_prompt_with_medians_and_oracle(tiny_table_path):
