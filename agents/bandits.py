@@ -112,6 +112,10 @@ class LinearBandit(Agent):
         """(K, p + 1) ridge estimate of every arm's reward weights."""
         return np.einsum("kij,kj->ki", self.a_inv, self.b)
 
+    def score_widths(self, x: np.ndarray) -> np.ndarray:
+        """(K,) sqrt(x^T A_k^-1 x): how uncertain each arm's score theta_k.x is, in units of the reward noise."""
+        return np.sqrt(np.einsum("i,kij,j->k", x, self.a_inv, x))
+
     def state(self) -> dict:
         names = ("obs_mean", "obs_std", "projection", "reward_mean", "reward_std", "a_inv", "b")
         return {name: getattr(self, name) for name in names}
@@ -164,8 +168,7 @@ class LinUCBAgent(LinearBandit):
         self.alpha = alpha
 
     def explore(self, x, progress, rng) -> int:
-        widths = np.sqrt(np.einsum("i,kij,j->k", x, self.a_inv, x))
-        return int(np.argmax(self.thetas() @ x + self.alpha * widths))
+        return int(np.argmax(self.thetas() @ x + self.alpha * self.score_widths(x)))
 
 
 @register("lints")
@@ -177,5 +180,7 @@ class LinTSAgent(LinearBandit):
         self.v = v
 
     def explore(self, x, progress, rng) -> int:
-        sampled = [rng.multivariate_normal(theta, self.v**2 * a_inv) for theta, a_inv in zip(self.thetas(), self.a_inv)]
-        return int(np.argmax(np.array(sampled) @ x))
+        # Only the score theta~.x matters, and it is N(theta.x, v^2 x^T A^-1 x) per arm: sampling that
+        # scalar is the same draw as sampling theta~, without a Cholesky per arm per episode.
+        noise = self.v * self.score_widths(x) * rng.standard_normal(self.num_actions)
+        return int(np.argmax(self.thetas() @ x + noise))

@@ -35,11 +35,25 @@ def _stats(values: list) -> tuple[float | None, float | None]:
     return (float(np.mean(values)), float(np.std(values))) if values else (None, None)
 
 
+def variant_names(runs: list[dict]) -> list[str]:
+    """Each run's agent plus the overrides that vary across the sweep, the seed and agent aside.
+
+    `-m agent=lints agent.pca_dim=16,64 seed=0,1,2` gives 'lints agent.pca_dim=16' and
+    'lints agent.pca_dim=64', each over three seeds; a plain `-m agent=ppo,lints` gives 'ppo', 'lints'.
+    """
+    given = [dict(o.lstrip("+~").partition("=")[::2] for o in run.get("overrides", [])) for run in runs]
+    varying = sorted(
+        key for key in set().union(*given)
+        if key not in ("agent", "agent.name", "seed") and not key.startswith("hydra") and len({g.get(key) for g in given}) > 1
+    )
+    return [" ".join([run["agent"], *(f"{k}={g[k]}" for k in varying if k in g)]) for run, g in zip(runs, given)]
+
+
 def aggregate(runs: list[dict]) -> tuple[dict, dict, dict]:
-    """(mean summaries, spread summaries, seeds) per agent, references included."""
+    """(mean summaries, spread summaries, seeds) per agent variant (`variant_names`), references included."""
     by_agent: dict[str, list[dict]] = defaultdict(list)
-    for run in runs:
-        by_agent[run["agent"]].append({**run["metrics"], "train_seconds": run["train_seconds"], "seed": run["seed"]})
+    for run, variant in zip(runs, variant_names(runs)):
+        by_agent[variant].append({**run["metrics"], "train_seconds": run["train_seconds"], "seed": run["seed"]})
         for name, summary in run["references"].items():
             if name in REFERENCES and name not in {r["agent"] for r in runs}:
                 by_agent[name].append({**summary, "train_seconds": None, "seed": run["seed"]})
@@ -55,7 +69,8 @@ def aggregate(runs: list[dict]) -> tuple[dict, dict, dict]:
         mean["per_category"] = {c: {k: _stats([s["per_category"][c][k] for s in summaries])[0] for k in COLUMNS if k != "decision_ms"} for c in categories}
         spread["per_category"] = {c: {k: _stats([s["per_category"][c][k] for s in summaries])[1] for k in COLUMNS if k != "decision_ms"} for c in categories}
         means[name], spreads[name] = mean, spread
-    return means, spreads, seeds
+    order = sorted(n for n in means if n not in REFERENCES) + [n for n in REFERENCES if n in means]  # agents, then references
+    return {n: means[n] for n in order}, spreads, seeds
 
 
 def render(runs: list[dict], means: dict, spreads: dict, seeds: dict) -> str:

@@ -110,6 +110,7 @@ def main(cfg: DictConfig) -> None:
 
     results = {
         "agent": cfg.agent.name,
+        "overrides": list(HydraConfig.get().overrides.task),  # report.py names sweep variants by them
         "seed": cfg.seed,
         "split": cfg.env.split,
         "env": cfg.env.backend,

@@ -63,8 +63,8 @@ def test_wandb_offline_run_holds_the_metrics(tiny_table_path, tmp_path):
 def test_sweep_and_report(tiny_table_path, tmp_path):
     sweep = tmp_path / "sweep"
     result = run(
-        [str(ROOT / "experiments" / "run.py"), "-m", "agent=grid,oracle", "seed=0,1", f"env.table={tiny_table_path}", *TINY,
-         f"hydra.sweep.dir={sweep}"],
+        [str(ROOT / "experiments" / "run.py"), "-m", "agent=oracle", "agent.hidden_size=8,16", "seed=0,1",
+         f"env.table={tiny_table_path}", *TINY, f"hydra.sweep.dir={sweep}"],
         ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -72,7 +72,9 @@ def test_sweep_and_report(tiny_table_path, tmp_path):
     report = run([str(ROOT / "experiments" / "report.py"), str(sweep)], ROOT)
     assert report.returncode == 0, report.stderr[-3000:]
     text = (sweep / "report.md").read_text()
-    assert "| oracle | 0,1 |" in text and "| grid | 0,1 |" in text and "| best |" in text
+    # hyperparameter variants stay apart (one row each, over both seeds); the references come once per seed
+    assert "| oracle agent.hidden_size=8 | 0,1 |" in text and "| oracle agent.hidden_size=16 | 0,1 |" in text
+    assert "| grid | 0,1 |" in text and "| best | 0,1 |" in text
     assert (sweep / "tokens_per_second.png").is_file()
 
 
