@@ -132,13 +132,20 @@ def make_table_env(
     replay: str = "sample",
     normalize_obs: bool = False,
     expect: dict | None = None,
+    train_table: str | RewardTable | None = None,
 ) -> BlockSizeEnv:
-    """Replay `table` (a shipped name, a .sqlite path or an open table) on one split of its prompts."""
+    """Replay `table` (a shipped name, a .sqlite path or an open table) on one split of its prompts.
+
+    `train_table` (default: `table`) is the table whose training split gives the normalisation
+    statistics: an agent trained on one table (say temperature 0) can be evaluated on another
+    (say temperature 1, measured on the test split only) seeing the observations it was trained on.
+    """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {list(SPLITS)}")
     rewards = open_table(table, expect)
     view = rewards.view(feature_set, split)
-    stats = observation_stats(rewards.view(feature_set, "train")) if normalize_obs else None
+    stats_table = rewards if train_table is None else open_table(train_table)
+    stats = observation_stats(stats_table.view(feature_set, "train")) if normalize_obs else None
     return BlockSizeEnv(TableBackend(view, replay), reward, oracle=view, obs_stats=stats)
 
 

@@ -73,13 +73,18 @@ def aggregate(runs: list[dict]) -> tuple[dict, dict, dict]:
     return {n: means[n] for n in order}, spreads, seeds
 
 
+def evaluated_on(run: dict) -> str:
+    eval_table = run.get("eval_table", run["table"])
+    return "" if eval_table == run["table"] else f" (agents trained on it, evaluated on `{Path(eval_table).name}`)"
+
+
 def render(runs: list[dict], means: dict, spreads: dict, seeds: dict) -> str:
     first = runs[0]
     lines = [
         "# Sweep report",
         "",
         f"{len(runs)} runs; evaluation on the {first['split']} split ({first['env']}), reward {first['reward']}, "
-        f"table `{Path(first['table']).name}`. Mean ± standard deviation over seeds.",
+        f"table `{Path(first['table']).name}`{evaluated_on(first)}. Mean ± standard deviation over seeds.",
         "",
     ]
     rows = [

@@ -47,16 +47,16 @@ def route_plugin_agents(argv: list[str]) -> list[str]:
     return routed
 
 
-def build_envs(cfg: DictConfig, table: RewardTable):
+def build_envs(cfg: DictConfig, table: RewardTable, eval_table: RewardTable):
     """(training env, evaluation env, train labels, val labels) as the config asks.
 
-    Training always uses the train split (val for early stopping); evaluation uses `env.split`,
-    replayed from the table's medians or decoded live.
+    Training always uses the train split of `table` (val for early stopping); evaluation uses
+    `env.split`, replayed from `eval_table`'s medians or decoded live.
     """
     env = cfg.env
 
-    def replayed(split: str, replay: str):
-        return make_table_env(table, split, env.feature_set, env.reward, replay, env.normalize_obs)
+    def replayed(split: str, replay: str, rewards: RewardTable = table):
+        return make_table_env(rewards, split, env.feature_set, env.reward, replay, env.normalize_obs, train_table=table)
 
     def live(split: str, max_prompts: int | None = None):
         return make_live_env(
@@ -68,7 +68,7 @@ def build_envs(cfg: DictConfig, table: RewardTable):
     train_env = replayed("train", env.replay)
     train, val = (LabelledSet.from_view(table.view(env.feature_set, s), env.reward, train_env.normalise) for s in ("train", "val"))
     if env.backend == "table":
-        return train_env, replayed(env.split, "median"), train, val
+        return train_env, replayed(env.split, "median", eval_table), train, val
     return (live("train") if env.train_live else train_env), live(env.split, env.max_prompts), train, val
 
 
@@ -82,8 +82,15 @@ def main(cfg: DictConfig) -> None:
     agent_class(cfg.agent.name)  # fail fast on an unknown agent, before loading anything
     seed_everything(cfg.seed)
 
-    table = RewardTable.load(cfg.env.table, expect={"target": cfg.model.target, "drafter": cfg.model.drafter})
-    train_env, eval_env, train, val = build_envs(cfg, table)
+    expect = {"target": cfg.model.target, "drafter": cfg.model.drafter}
+    table = RewardTable.load(cfg.env.table, expect=expect)
+    eval_table = table if cfg.env.get("eval_table") is None else RewardTable.load(cfg.env.eval_table, expect=expect)
+    if eval_table.block_sizes != table.block_sizes:
+        raise ValueError(
+            f"env.eval_table {cfg.env.eval_table!r} has block sizes {list(eval_table.block_sizes)}, "
+            f"the training table {list(table.block_sizes)}: an agent can only be evaluated on the actions it learned"
+        )
+    train_env, eval_env, train, val = build_envs(cfg, table, eval_table)
     block_sizes, dim = train_env.block_sizes, train_env.observation_space.shape[0]
     agent = make_agent(cfg.agent.name, block_sizes, dim, cfg.seed, **agent_settings)
     tracker = Tracker(cfg, run_dir)
@@ -115,6 +122,7 @@ def main(cfg: DictConfig) -> None:
         "split": cfg.env.split,
         "env": cfg.env.backend,
         "table": str(table.path),
+        "eval_table": str(eval_table.path),
         "reward": cfg.env.reward,
         "train_seconds": train_seconds,
         "metrics": summaries[cfg.agent.name],

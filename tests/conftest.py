@@ -62,13 +62,13 @@ def tiny_prompts() -> list:
     ]
 
 
-def build_tiny_table(path, target, drafter, rows=None, **overrides):
+def build_tiny_table(path, target, drafter, rows=None, temperature=0.0, **overrides):
     """A real (tiny) reward table: every row decoded and timed by the collection loop."""
     from bp_rl.collection import collect_rows, plan_rows, table_metadata
     from bp_rl.measurement import DecodeSettings, measure
     from bp_rl.rewards import RewardTable
 
-    settings = DecodeSettings(max_new_tokens=12)
+    settings = DecodeSettings(max_new_tokens=12, temperature=temperature)
     prompts = tiny_prompts()
     generator = torch.Generator().manual_seed(0)
     token_ids = {p.id: torch.randint(2, 64, (5 + i,), generator=generator).tolist() for i, p in enumerate(prompts)}

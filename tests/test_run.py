@@ -78,6 +78,29 @@ def test_sweep_and_report(tiny_table_path, tmp_path):
     assert (sweep / "tokens_per_second.png").is_file()
 
 
+def test_agents_evaluate_on_another_table(tiny_table_path, tmp_path):
+    """Trained on the T=0 table, evaluated on a T=1 table of the test split only: the T=1 rewards count."""
+    from bp_rl.collection import plan_rows
+    from bp_rl.rewards import RewardTable
+    from conftest import TINY_BLOCKS, build_tiny_table, tiny_prompts, tiny_table_models
+
+    hot = tmp_path / "t1.sqlite"
+    test_prompts = [p for p in tiny_prompts() if p.split == "test"]
+    rows = plan_rows(test_prompts, TINY_BLOCKS, {"test": 2}, seed=0)
+    build_tiny_table(hot, *tiny_table_models(), rows=rows, temperature=1.0).close()
+    result = run_py(tiny_table_path, tmp_path / "run", "agent=oracle", *FAST["oracle"], f"env.eval_table={hot}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["eval_table"] == str(hot) and results["metrics"]["prompts"] == len(test_prompts)
+    per_prompt_best = RewardTable.load(hot).view("last_hidden+logit_stats", "test").rewards("tokens_per_second").max(axis=1)
+    assert results["references"]["best"]["tokens_per_second"] == pytest.approx(per_prompt_best.mean())
+
+    fewer_blocks = tmp_path / "blocks.sqlite"
+    build_tiny_table(fewer_blocks, *tiny_table_models(), rows=[], block_sizes=[1, 2]).close()
+    result = run_py(tiny_table_path, tmp_path / "bad", f"env.eval_table={fewer_blocks}")
+    assert result.returncode != 0 and "has block sizes [1, 2], the training table [1, 2, 4]" in result.stderr
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
