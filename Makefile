@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-slow test-all bench clean-venv
+.PHONY: setup run test test-slow test-all bench figures clean-venv
 
 setup: $(STAMP)
 
@@ -38,6 +38,10 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) experiments/bench_decode.py
+
+# Regenerate the README's measured figures from the shipped tables (LIVE=1 adds live decoding).
+figures: $(STAMP)
+	PY=$(PY) experiments/figures.sh
 
 clean-venv:
 	rm -rf $(VENV)
