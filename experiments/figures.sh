@@ -17,9 +17,10 @@ T0=smollm2-135m-block-t0
 T1=smollm2-135m-block-t1
 export WANDB_MODE=${WANDB_MODE:-disabled}
 mkdir -p "$OUT"
+shipped() { [ -f "bp_rl/data/tables/$1.sqlite" ]; }
 
 for table in $T0 $T1; do
-  [ -f "bp_rl/data/tables/$table.sqlite" ] || { echo "skipping $table: not shipped"; continue; }
+  shipped $table || { echo "skipping $table: not shipped"; continue; }
   $PY experiments/table.py show $table > "$OUT/$table.all.md"
   $PY experiments/table.py show $table --split test > "$OUT/$table.test.md"
 done
@@ -32,7 +33,7 @@ sweep() {  # sweep NAME OVERRIDES...: a 3-seed multirun and its report
   echo "$OUT/$name/report.md"
 }
 sweep agents-t0 agent=$AGENTS seed=0,1,2
-if [ -f "bp_rl/data/tables/$T1.sqlite" ]; then
+if shipped $T1; then
   sweep agents-t0-on-t1 agent=$AGENTS seed=0,1,2 env.eval_table=$T1
 fi
 sweep features-val agent=oracle,ppo,lints seed=0,1,2 env.split=val \
