@@ -305,6 +305,30 @@ class TableView:
         """Index of the best fixed block size over these prompts (the grid-searched baseline)."""
         return int(self.rewards(reward).mean(axis=0).argmax())
 
+    def noise_ceiling(self, grid: int, reward: str = DEFAULT_REWARD) -> tuple[float, int] | None:
+        """How much of the grid-to-best gap survives measurement noise: (gap closed, prompts used).
+
+        Each prompt's best block is picked from one timed repeat and scored on the mean of its other
+        repeats, as are grid and the per-prompt best, averaged over which repeat is held out. A policy
+        that learns from one-repeat labels aims at this, not at the noise-inflated best. Uses the
+        prompts with at least two repeats of every block size; None when there are none.
+        """
+        chosen, fixed, best, prompts = [], [], [], 0
+        for row in self.repeat_rewards(reward):
+            n = min(len(values) for values in row)  # repeats measured in the same pass line up by index
+            if n < 2:
+                continue
+            prompts += 1
+            values = np.stack([v[:n] for v in row])  # (K, n)
+            for j in range(n):
+                held_out = np.delete(values, j, axis=1).mean(axis=1)
+                chosen.append(held_out[values[:, j].argmax()])
+                fixed.append(held_out[grid])
+                best.append(held_out.max())
+        if not prompts:
+            return None
+        return (np.mean(chosen) - np.mean(fixed)) / (np.mean(best) - np.mean(fixed)), prompts
+
     def subset(self, mask: np.ndarray) -> "TableView":
         index = np.flatnonzero(mask)
         return TableView(

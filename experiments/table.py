@@ -7,8 +7,9 @@
 `show` prints what the policies compete for: per category and overall, the tokens/s of
 autoregressive decoding, of every fixed block size, of the best fixed (grid) block and of the
 per-prompt best block, the headroom best/grid - 1, how often each size is a prompt's best,
-and the noise between timed repeats. `publish` copies a consistent snapshot (SQLite backup,
-safe while a collector is still writing) and compacts it, atomically.
+the noise between timed repeats and how much of the gap survives it. `publish` copies a
+consistent snapshot (SQLite backup, safe while a collector is still writing) and compacts it,
+atomically.
 """
 
 from __future__ import annotations
@@ -63,6 +64,13 @@ def show(path: str, split: str | None, reward: str) -> str:
         lines.append(
             f"noise between repeats: coefficient of variation of tokens/s, median {np.median(spreads):.1%}, "
             f"90th percentile {np.percentile(spreads, 90):.1%} ({len(spreads)} (prompt, block) cells with repeats)"
+        )
+    ceiling = view.noise_ceiling(grid, reward)
+    if ceiling:
+        lines.append(
+            f"noise ceiling: picking each prompt's best block from one repeat and scoring it on the others closes "
+            f"{ceiling[0]:.2f} of the grid-to-best gap ({ceiling[1]} prompts with repeats); "
+            "a policy learning from one-repeat labels aims at this, not at 1.0"
         )
     loads = [row[0] for row in table.db.execute("SELECT load FROM runs WHERE load IS NOT NULL")]
     if loads:

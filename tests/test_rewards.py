@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +13,10 @@ import pytest
 import bp_rl.collection as collection
 from bp_rl.collection import parse_shard, plan_rows, shard_path
 from bp_rl.measurement import AUTOREGRESSIVE
-from bp_rl.rewards import RewardTable, reward_value
+from bp_rl.rewards import RewardTable, TableView, reward_value
 from conftest import TINY_BLOCKS, build_tiny_table, tiny_prompts, tiny_table_models
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +38,34 @@ def test_view_holds_every_prompt_with_medians_and_oracle(tiny_table_path):
     assert view.grid_block() == tps.mean(axis=0).argmax()
     test = view.subset(view.splits == "test")
     assert len(test) == 3 and all(len(s) == 2 for row in test.samples for s in row)  # two repeats each
+
+
+def _view_of_tokens_per_second(cells: list[list[list[float]]]) -> TableView:
+    """A view whose [prompt][block] cells hold these tokens/s repeats (other columns filler)."""
+    samples = [[np.array([[v, 1.0, 64, 64, 64 / v] for v in cell]) for cell in row] for row in cells]
+    n = len(cells)
+    return TableView([f"p{i}" for i in range(n)], np.array(["chat"] * n), np.array(["test"] * n), (1, 2), "x",
+                     np.zeros((n, 1), np.float32), samples, [np.array([10.0])] * n)
+
+
+def test_noise_ceiling_scores_one_repeat_choices_on_the_other_repeats():
+    noisy = [[10, 10], [12, 8]]  # repeat 0 picks b2 (scores 8 on repeat 1); repeat 1 picks b1 (10 vs best 12)
+    steady = [[10, 10], [12, 12]]
+    single = [[10], [20]]  # one repeat only: ignored
+    gap_closed, prompts = _view_of_tokens_per_second([noisy, steady, single]).noise_ceiling(grid=0)
+    # chosen (8 + 10 + 12 + 12) / 4 = 10.5, grid 10, held-out best (10 + 12 + 12 + 12) / 4 = 11.5
+    assert prompts == 2 and gap_closed == pytest.approx(0.5 / 1.5)
+    assert _view_of_tokens_per_second([noisy]).noise_ceiling(grid=0) == (pytest.approx(-1.0), 1)
+    assert _view_of_tokens_per_second([single]).noise_ceiling(grid=0) is None
+
+
+def test_show_prints_headroom_and_noise_of_a_real_table(tiny_table_path):
+    result = subprocess.run([sys.executable, str(EXPERIMENTS / "table.py"), "show", str(tiny_table_path), "--split", "test"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = result.stdout
+    assert "| all | 3 |" in text and "prompts whose best block is each size" in text
+    assert "noise between repeats" in text and "(3 prompts with repeats)" in text
 
 
 def test_rows_match_a_direct_measurement_count(tiny_table_path):
@@ -145,11 +178,7 @@ def test_reward_value_definitions():
 
 @pytest.mark.real_model
 def test_collect_script_measures_resumes_and_refuses_bad_input(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "experiments" / "collect.py"
+    script = EXPERIMENTS / "collect.py"
     args = [sys.executable, str(script), "max_prompts=2", "splits=[test]", "block_sizes=[1,3]", "max_new_tokens=8", "warmup=1",
             f"out={tmp_path}/t.sqlite", f"hydra.run.dir={tmp_path}/hydra"]  # fmt: skip
     first = subprocess.run(args, capture_output=True, text=True)
