@@ -103,10 +103,11 @@ def shipped_table(name: str) -> Path:
 class RewardTable:
     """One measured reward table file. Open with `create_or_resume` (to collect) or `load` (to read)."""
 
-    def __init__(self, path: Path, connection: sqlite3.Connection, meta: dict):
+    def __init__(self, path: Path, connection: sqlite3.Connection, meta: dict, resplit: dict[str, str] | None = None):
         self.path = path
         self.db = connection
         self.meta = meta
+        self.resplit = resplit  # prompt id -> split, overriding the measured one (cross-validation)
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
@@ -155,6 +156,23 @@ class RewardTable:
 
     def close(self) -> None:
         self.db.close()
+
+    def cross_validation_fold(self, fold: int, folds: int, seed: int = 0) -> "RewardTable":
+        """This table with its prompts re-split for fold `fold` of `folds`-fold cross-validation.
+
+        The fold is the test split, the next one val, the rest train, so every prompt is tested
+        exactly once over the folds. Folds are balanced across categories and drawn with `seed`.
+        This is how a table measured on one split only (the T=1 test table) trains and evaluates
+        agents on held-out prompts. Reading only: the file is unchanged.
+        """
+        if not (isinstance(folds, int) and folds >= 3 and isinstance(fold, int) and 0 <= fold < folds):
+            raise ValueError(f"fold {fold!r} of {folds!r}: need at least 3 folds (test, val, train) and 0 <= fold < folds")
+        prompts = self.db.execute("SELECT prompt_id, category FROM prompts ORDER BY prompt_id").fetchall()
+        shuffled = [prompts[i] for i in np.random.default_rng(seed).permutation(len(prompts))]
+        ordered = sorted(shuffled, key=lambda p: p[1])  # stable: shuffled within each category, dealt in turn
+        roles = {fold: "test", (fold + 1) % folds: "val"}
+        resplit = {pid: roles.get(rank % folds, "train") for rank, (pid, _) in enumerate(ordered)}
+        return RewardTable(self.path, self.db, self.meta, resplit)
 
     # ---- writing -------------------------------------------------------------------------
     def done_keys(self) -> set[tuple[str, int, int]]:
@@ -226,6 +244,8 @@ class RewardTable:
             raise ValueError(f"unknown split {split!r}; valid: {list(SPLITS)}")
         parts = self._feature_parts(feature_set)
         prompts = self.db.execute("SELECT prompt_id, category, split FROM prompts ORDER BY prompt_id").fetchall()
+        if self.resplit is not None:
+            prompts = [(pid, category, self.resplit[pid]) for pid, category, _ in prompts]
         prompts = [p for p in prompts if split is None or p[2] == split]
         vectors: dict[str, dict[str, np.ndarray]] = {}
         for pid, name, data in self.db.execute("SELECT prompt_id, feature_set, data FROM observations"):

@@ -4,6 +4,7 @@
     python experiments/run.py agent=linucb seed=1 env.reward=speedup
     python experiments/run.py agent=oracle env=live env.max_prompts=20   # evaluate by real decoding
     python experiments/run.py -m agent=ppo,linucb,oracle,grid seed=0,1,2 # a sweep; then report.py
+    python experiments/run.py agent=oracle env.table=smollm2-135m-block-t1 env.folds=4   # cross-validated
 
 Writes into the Hydra run directory: results.json, config.yaml (resolved), the trained agent,
 and plots (tokens/s per agent and category, chosen-block histogram, learning curve); logs the
@@ -16,6 +17,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -72,34 +74,23 @@ def build_envs(cfg: DictConfig, table: RewardTable, eval_table: RewardTable):
     return (live("train") if env.train_live else train_env), live(env.split, env.max_prompts), train, val
 
 
-@hydra.main(config_path="conf", config_name="run", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    if cfg.env.backend not in ("table", "live"):
-        raise ValueError(f"unknown env backend {cfg.env.backend!r}; valid: ['table', 'live'] (env=table or env=live)")
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    agent_settings = {k: v for k, v in OmegaConf.to_container(cfg.agent, resolve=True).items() if k != "name"}
-    agent_class(cfg.agent.name)  # fail fast on an unknown agent, before loading anything
-    seed_everything(cfg.seed)
+class Outcome(NamedTuple):
+    records: dict[str, list[dict]]  # per policy (the agent and the references), one record per evaluated prompt
+    train_seconds: float  # the agent's
+    history: list[dict]  # the agent's learning curve
 
-    expect = {"target": cfg.model.target, "drafter": cfg.model.drafter}
-    table = RewardTable.load(cfg.env.table, expect=expect)
-    eval_table = table if cfg.env.get("eval_table") is None else RewardTable.load(cfg.env.eval_table, expect=expect)
-    if eval_table.block_sizes != table.block_sizes:
-        raise ValueError(
-            f"env.eval_table {cfg.env.eval_table!r} has block sizes {list(eval_table.block_sizes)}, "
-            f"the training table {list(table.block_sizes)}: an agent can only be evaluated on the actions it learned"
-        )
+
+def train_and_evaluate(cfg: DictConfig, table: RewardTable, eval_table: RewardTable, agent_dir: Path) -> Outcome:
+    """Fit the agent and the references on `table`'s train split, save the agent, and run them all."""
     train_env, eval_env, train, val = build_envs(cfg, table, eval_table)
     block_sizes, dim = train_env.block_sizes, train_env.observation_space.shape[0]
+    agent_settings = {k: v for k, v in OmegaConf.to_container(cfg.agent, resolve=True).items() if k != "name"}
     agent = make_agent(cfg.agent.name, block_sizes, dim, cfg.seed, **agent_settings)
-    tracker = Tracker(cfg, run_dir)
-
     logger = Logger()
     start = time.perf_counter()
     agent.fit(FitData(env=train_env, budget=cfg.budget, seed=cfg.seed, logger=logger, train=train, val=val))
     train_seconds = time.perf_counter() - start
-    agent.save(run_dir / "agent")
+    agent.save(agent_dir)
 
     # The references: fixed and grid (fitted on the same training data), and the per-prompt best.
     policies = {cfg.agent.name: agent_policy(agent)}
@@ -111,7 +102,40 @@ def main(cfg: DictConfig) -> None:
             policies[name] = agent_policy(reference)
     if all(eval_env.oracle_action(i) is not None for i in range(eval_env.num_prompts)):
         policies["best"] = best_policy(eval_env)
-    records = run_policies(policies, eval_env, cfg.seed)  # live: interleaved prompt by prompt
+    return Outcome(run_policies(policies, eval_env, cfg.seed), train_seconds, logger.history)  # live: interleaved by prompt
+
+
+@hydra.main(config_path="conf", config_name="run", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    if cfg.env.backend not in ("table", "live"):
+        raise ValueError(f"unknown env backend {cfg.env.backend!r}; valid: ['table', 'live'] (env=table or env=live)")
+    folds = cfg.env.get("folds")
+    if folds is not None and cfg.env.backend != "table":
+        raise ValueError(f"env.folds={folds!r} re-splits a measured table; it does not apply to env.backend={cfg.env.backend!r}")
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    agent_class(cfg.agent.name)  # fail fast on an unknown agent, before loading anything
+    seed_everything(cfg.seed)
+
+    expect = {"target": cfg.model.target, "drafter": cfg.model.drafter}
+    table = RewardTable.load(cfg.env.table, expect=expect)
+    eval_table = table if cfg.env.get("eval_table") is None else RewardTable.load(cfg.env.eval_table, expect=expect)
+    if eval_table.block_sizes != table.block_sizes:
+        raise ValueError(
+            f"env.eval_table {cfg.env.eval_table!r} has block sizes {list(eval_table.block_sizes)}, "
+            f"the training table {list(table.block_sizes)}: an agent can only be evaluated on the actions it learned"
+        )
+    tracker = Tracker(cfg, run_dir)
+    if folds is None:
+        parts = [train_and_evaluate(cfg, table, eval_table, run_dir / "agent")]
+    else:  # every prompt is evaluated once, by the agent trained without it
+        parts = [
+            train_and_evaluate(cfg, *(t.cross_validation_fold(i, folds, cfg.seed) for t in (table, eval_table)), run_dir / "agent" / f"fold{i}")
+            for i in range(folds)
+        ]
+    records = {name: [row for part in parts for row in part.records[name]] for name in parts[0].records}
+    train_seconds = sum(part.train_seconds for part in parts) / len(parts)  # one agent's training
+    history = parts[0].history  # learning curves: the first fold's
     grid = records.get("grid")
     summaries = {name: summarise(rows, grid) for name, rows in records.items()}
 
@@ -124,6 +148,7 @@ def main(cfg: DictConfig) -> None:
         "table": str(table.path),
         "eval_table": str(eval_table.path),
         "reward": cfg.env.reward,
+        "folds": folds,
         "train_seconds": train_seconds,
         "metrics": summaries[cfg.agent.name],
         "references": {name: s for name, s in summaries.items() if name != cfg.agent.name},
@@ -132,12 +157,12 @@ def main(cfg: DictConfig) -> None:
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     plots = [
         plot_per_category(summaries, run_dir / "tokens_per_second.png"),
-        plot_block_histogram(summaries, block_sizes, run_dir / "block_histogram.png"),
-        plot_learning_curve(logger.history, run_dir / "learning_curve.png", cfg.agent.name),
+        plot_block_histogram(summaries, table.block_sizes, run_dir / "block_histogram.png"),
+        plot_learning_curve(history, run_dir / "learning_curve.png", cfg.agent.name),
     ]
-    tracker.finish(logger.history, summaries, [p for p in plots if p is not None], run_dir / "agent", results)
+    tracker.finish(history, summaries, [p for p in plots if p is not None], run_dir / "agent", results)
     print(f"\n{cfg.agent.name} (seed {cfg.seed}) on {cfg.env.backend} / {cfg.env.split}: "
-          f"{eval_env.num_prompts} prompts, reward {cfg.env.reward}, trained in {train_seconds:.1f} s\n")
+          f"{len(records[cfg.agent.name])} prompts{f' ({folds}-fold cross-validation)' if folds else ''}, reward {cfg.env.reward}, trained in {train_seconds:.1f} s\n")
     print(comparison_table(summaries))
     print(f"\nresults: {run_dir / 'results.json'}", file=sys.stderr)
 

@@ -68,6 +68,21 @@ def test_show_prints_headroom_and_noise_of_a_real_table(tiny_table_path):
     assert "noise between repeats" in text and "(3 prompts with repeats)" in text
 
 
+def test_cross_validation_folds_test_every_prompt_once(tiny_table_path):
+    table = RewardTable.load(tiny_table_path)
+    folds = [table.cross_validation_fold(i, 4, seed=3) for i in range(4)]
+    tested = [folds[i].view("last_hidden", "test").prompt_ids for i in range(4)]
+    assert sorted(sum(tested, [])) == [p.id for p in tiny_prompts()]  # each of the 12 prompts once
+    assert [len(t) for t in tested] == [3, 3, 3, 3]
+    assert folds[0].view("last_hidden", "val").prompt_ids == tested[1]  # the next fold validates
+    assert len(folds[0].view("last_hidden", "train")) == 6
+    assert all(set(folds[i].view("last_hidden", "test").categories) == {"code", "chat"} for i in range(4))  # balanced
+    assert len(table.view("last_hidden", "test")) == 3  # the table itself keeps its measured splits
+    for fold, k in [(0, 2), (4, 4), (-1, 4)]:
+        with pytest.raises(ValueError, match=f"fold {fold} of {k}"):
+            table.cross_validation_fold(fold, k)
+
+
 def test_rows_match_a_direct_measurement_count(tiny_table_path):
     table = RewardTable.load(tiny_table_path)
     ids = {pid for pid, _, _ in table.done_keys()}

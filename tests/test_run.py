@@ -101,6 +101,18 @@ def test_agents_evaluate_on_another_table(tiny_table_path, tmp_path):
     assert result.returncode != 0 and "has block sizes [1, 2], the training table [1, 2, 4]" in result.stderr
 
 
+def test_cross_validation_evaluates_every_prompt_once(tiny_table_path, tmp_path):
+    from bp_rl.rewards import RewardTable
+
+    result = run_py(tiny_table_path, tmp_path, "agent=oracle", *FAST["oracle"], "env.folds=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["folds"] == 3 and results["metrics"]["prompts"] == 12  # all splits, each prompt held out once
+    assert sorted(p.name for p in (tmp_path / "agent").iterdir()) == ["fold0", "fold1", "fold2"]
+    per_prompt_best = RewardTable.load(tiny_table_path).view("last_hidden+logit_stats").rewards("tokens_per_second").max(axis=1)
+    assert results["references"]["best"]["tokens_per_second"] == pytest.approx(per_prompt_best.mean())
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -111,6 +123,7 @@ def test_agents_evaluate_on_another_table(tiny_table_path, tmp_path):
         ("env.table=/nonexistent/t.sqlite", "reward table '/nonexistent/t.sqlite' does not exist"),
         ("env.reward=fast", "unknown reward 'fast'"),
         ("env.split=dev", "unknown split 'dev'"),
+        ("env.folds=2", "fold 0 of 2: need at least 3 folds"),
         ("logger.mode=loud", "unknown logger.mode 'loud'"),
     ],
 )
