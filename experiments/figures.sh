@@ -4,8 +4,8 @@
 #     experiments/figures.sh [OUT]        # default OUT: runs/figures; `make figures` runs it
 #
 # Replay only (a few minutes on 2 cores): the tables' headroom and noise, the 3-seed agent sweep
-# on the T=0 table and, when the T=1 table is shipped, the same agents evaluated on it, and a
-# feature-set ablation on the validation split. LIVE=1 adds the measurements that decode for
+# on the T=0 table and, when the T=1 table is shipped, the same agents evaluated on it (trained
+# at T=0, and cross-validated on the T=1 prompts), and a feature-set ablation on the validation split. LIVE=1 adds the measurements that decode for
 # real (replay vs live, environment speed): tens of minutes. Nothing else may run meanwhile:
 # the live timings would be skewed.
 set -euo pipefail
@@ -33,8 +33,9 @@ sweep() {  # sweep NAME OVERRIDES...: a 3-seed multirun and its report
   echo "$OUT/$name/report.md"
 }
 sweep agents-t0 agent=$AGENTS seed=0,1,2
-if shipped $T1; then
+if shipped $T1; then  # T=1 is measured on the test split only: transfer from T=0, and 4-fold cross-validation
   sweep agents-t0-on-t1 agent=$AGENTS seed=0,1,2 env.eval_table=$T1
+  sweep agents-t1-cv agent=$AGENTS seed=0,1,2 env.table=$T1 env.folds=4
 fi
 sweep features-val agent=oracle,ppo,lints seed=0,1,2 env.split=val \
   env.feature_set=last_hidden+logit_stats+prompt_length,last_hidden,mean_hidden,multi_layer,logit_stats+prompt_length
