@@ -37,7 +37,7 @@ def pca_projection(standardised: np.ndarray, dim: int) -> np.ndarray:
 class LinearBandit(Agent):
     """Per-arm ridge regression on PCA features; subclasses choose the arm to try while learning."""
 
-    def __init__(self, block_sizes, observation_dim, seed=0, pca_dim: int = 32, ridge: float = 1.0, warmup: int | None = 256):
+    def __init__(self, block_sizes, observation_dim, seed=0, pca_dim: int = 64, ridge: float = 1.0, warmup: int | None = 256):
         super().__init__(block_sizes, observation_dim, seed)
         if pca_dim < 1 or ridge <= 0 or (warmup is not None and warmup < 1):
             raise ValueError(
@@ -148,7 +148,7 @@ class LinearBandit(Agent):
 class EpsilonGreedyAgent(LinearBandit):
     """A random arm with probability epsilon (decaying linearly to `epsilon_final` over the budget), else the greedy one."""
 
-    def __init__(self, *args, epsilon: float = 0.2, epsilon_final: float = 0.01, **kwargs):
+    def __init__(self, *args, epsilon: float = 0.1, epsilon_final: float = 0.01, **kwargs):
         super().__init__(*args, **kwargs)
         self.epsilon, self.epsilon_final = epsilon, epsilon_final
 
