@@ -3,11 +3,12 @@
 #
 #     experiments/figures.sh [OUT]        # default OUT: runs/figures; `make figures` runs it
 #
-# Replay only (a few minutes on 2 cores): the tables' headroom and noise, the 3-seed agent sweep
-# on the T=0 table and, when the T=1 table is shipped, the same agents evaluated on it (trained
-# at T=0, and cross-validated on the T=1 prompts), and a feature-set ablation on the validation split. LIVE=1 adds the measurements that decode for
-# real (replay vs live, environment speed): tens of minutes. Nothing else may run meanwhile:
-# the live timings would be skewed.
+# Replay only (about ten minutes on 2 cores): the tables' headroom and noise; the 3-seed agent
+# sweep on the T=0 table and, when the T=1 table is shipped, the same agents evaluated on it
+# (trained at T=0, and cross-validated on the T=1 prompts); the online agents at equal sample
+# budgets; a feature-set ablation on the validation split. LIVE=1 adds the measurements that
+# decode for real (replay vs live, environment speed): tens of minutes. Nothing else may run
+# meanwhile: the live timings would be skewed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/figures}
@@ -37,6 +38,7 @@ if shipped $T1; then  # T=1 is measured on the test split only: transfer from T=
   sweep agents-t0-on-t1 agent=$AGENTS seed=0,1,2 env.eval_table=$T1
   sweep agents-t1-cv agent=$AGENTS seed=0,1,2 env.table=$T1 env.folds=4
 fi
+sweep budget-t0 agent=ppo,linucb,lints,egreedy budget=1000,4000,20000 seed=0,1,2  # sample efficiency
 sweep features-val agent=oracle,ppo,lints seed=0,1,2 env.split=val \
   env.feature_set=last_hidden+logit_stats+prompt_length,last_hidden,mean_hidden,multi_layer,logit_stats+prompt_length
 

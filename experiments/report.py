@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 from reporting import COLUMNS, HEADERS, fmt, markdown_table, plot_per_category
 
 REFERENCES = ("fixed", "grid", "best")
+_NUMBER = re.compile(r"(\d+(?:\.\d+)?(?:e-?\d+)?)")
 
 
 def load_runs(sweep_dir: Path) -> list[dict]:
@@ -49,6 +51,10 @@ def variant_names(runs: list[dict]) -> list[str]:
     return [" ".join([run["agent"], *(f"{k}={g[k]}" for k in varying if k in g)]) for run, g in zip(runs, given)]
 
 
+def natural_key(name: str) -> list:
+    return [(0, float(part), "") if _NUMBER.fullmatch(part) else (1, 0.0, part) for part in _NUMBER.split(name) if part]
+
+
 def aggregate(runs: list[dict]) -> tuple[dict, dict, dict]:
     """(mean summaries, spread summaries, seeds) per agent variant (`variant_names`), references included."""
     by_agent: dict[str, list[dict]] = defaultdict(list)
@@ -69,7 +75,8 @@ def aggregate(runs: list[dict]) -> tuple[dict, dict, dict]:
         mean["per_category"] = {c: {k: _stats([s["per_category"][c][k] for s in summaries])[0] for k in COLUMNS if k != "decision_ms"} for c in categories}
         spread["per_category"] = {c: {k: _stats([s["per_category"][c][k] for s in summaries])[1] for k in COLUMNS if k != "decision_ms"} for c in categories}
         means[name], spreads[name] = mean, spread
-    order = sorted(n for n in means if n not in REFERENCES) + [n for n in REFERENCES if n in means]  # agents, then references
+    # agents (numbers in their variant names in numeric order: budget=1000 before 4000), then references
+    order = sorted((n for n in means if n not in REFERENCES), key=natural_key) + [n for n in REFERENCES if n in means]
     return {n: means[n] for n in order}, spreads, seeds
 
 

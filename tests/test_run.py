@@ -74,6 +74,7 @@ def test_sweep_and_report(tiny_table_path, tmp_path):
     text = (sweep / "report.md").read_text()
     # hyperparameter variants stay apart (one row each, over both seeds); the references come once per seed
     assert "| oracle agent.hidden_size=8 | 0,1 |" in text and "| oracle agent.hidden_size=16 | 0,1 |" in text
+    assert text.index("hidden_size=8 |") < text.index("hidden_size=16 |")  # numbers in numeric order
     assert "| grid | 0,1 |" in text and "| best | 0,1 |" in text
     assert (sweep / "tokens_per_second.png").is_file()
 
