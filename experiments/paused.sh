@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Run a command while reward-table collectors are paused, so that neither skews the other's timings.
+#
+#     experiments/paused.sh runs/tables/A.sqlite [runs/tables/B.sqlite ...] -- make test
+#
+# Each table named must have `experiments/collect.py` running on it: the collector finishes (or
+# abandons and later redoes) its decode in flight, acknowledges with <table>.paused, and resumes
+# once this script removes <table>.pause, which it does however the command ends.
+set -euo pipefail
+tables=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do tables+=("$1"); shift; done
+if [ ${#tables[@]} -eq 0 ] || [ $# -lt 2 ]; then
+  echo "usage: $0 TABLE.sqlite [TABLE.sqlite ...] -- COMMAND [ARG ...]" >&2
+  exit 2
+fi
+shift
+resume() { for table in "${tables[@]}"; do rm -f "$table.pause"; done; }
+trap resume EXIT
+for table in "${tables[@]}"; do touch "$table.pause"; done
+for table in "${tables[@]}"; do
+  for _ in $(seq 120); do [ -e "$table.paused" ] && break; sleep 1; done
+  if [ ! -e "$table.paused" ]; then
+    echo "no collector acknowledged $table.pause within 120 s: is experiments/collect.py running on $table?" >&2
+    exit 1
+  fi
+done
+"$@"
