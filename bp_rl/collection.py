@@ -112,7 +112,7 @@ def table_metadata(
     feature_dims: dict[str, int],
     command: str = "",
 ) -> dict:
-    """Everything a table's numbers depend on; `IDENTITY_KEYS` of it must match for rows to mix."""
+    """Everything a table's numbers depend on: `IDENTITY_KEYS` must match for rows to mix, `MACHINE_KEYS` say where."""
     return {
         "schema_version": SCHEMA_VERSION,
         "suite": suite,

@@ -21,6 +21,17 @@ from bp_rl.sampling import Sampler, verify
 from bp_rl.timing import Stopwatch
 
 
+def request_tokens_per_second(new_tokens: int, prefill_seconds: float, decode_seconds: float) -> float:
+    """New tokens / request seconds, prefill included.
+
+    The prefill costs the same at every block size, but leaving it out would make a request that
+    stops at its first token (sampled from the prefill's logits, no decode pass) near infinitely
+    fast: at T=1 that happens.
+    """
+    seconds = prefill_seconds + decode_seconds
+    return new_tokens / seconds if seconds > 0 else 0.0
+
+
 @dataclass
 class DecodeStats:
     """What one decoded request cost and gained."""
@@ -42,8 +53,7 @@ class DecodeStats:
 
     @property
     def tokens_per_second(self) -> float:
-        """New tokens / decode seconds (prefill excluded, as it is the same for every block size)."""
-        return self.new_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+        return request_tokens_per_second(self.new_tokens, self.prefill_seconds, self.decode_seconds)
 
     def as_dict(self) -> dict:
         return {

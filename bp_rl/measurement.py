@@ -2,8 +2,8 @@
 
 Table collection and the live environment both go through `start_request` and
 `finish_request` (or `measure`, which is the two back to back), so a replayed reward and a
-live one mean the same thing: decode seconds of the same loop, on the same prefill that the
-observation was read from.
+live one mean the same thing: the same timed prefill and decode loop, on the same prefill that
+the observation was read from.
 """
 
 from __future__ import annotations

@@ -1,14 +1,20 @@
 """Rewards and the measured reward table.
 
-A `RewardTable` is one SQLite file holding, for one (target, drafter, device, decoding
-settings) combination:
+A `RewardTable` is one SQLite file holding, for one (target, drafter, decoding settings)
+combination:
 
-- `meta`: JSON metadata; the identity keys (`IDENTITY_KEYS`) must match for rows to share a file;
+- `meta`: JSON metadata; the identity keys (`IDENTITY_KEYS`) must match for rows to share a file,
+  and `machines` lists the machines (`MACHINE_KEYS`: device and library versions) it was measured on;
 - `prompts`: id, category, split and token count of every measured prompt;
 - `observations`: per prompt and base feature set, the observation vector (float16);
 - `runs`: per (prompt, block size, repeat) the new tokens, acceptance lengths (a byte per cycle), prefill and
-  decode seconds, and the machine's load average when it was taken. Block size
-  `AUTOREGRESSIVE` (0) is the no-drafter baseline measured in the same session.
+  decode seconds, the machine's load average when it was taken, and which of `machines` took it.
+  Block size `AUTOREGRESSIVE` (0) is the no-drafter baseline measured in the same session.
+
+A collection longer than one machine's lease may go on elsewhere, but only when asked
+(`allow_new_machine`): every row records its machine, and the collector measures a prompt's
+baseline and block sizes of one repeat back to back, so each per-prompt comparison is made on
+one machine (save the one group in flight when a machine stops).
 
 Every row is its own transaction, so killing a collection loses at most the row in flight,
 and rows are keyed so a re-run never duplicates one. `view()` turns the rows into the
@@ -26,11 +32,12 @@ from typing import Iterable
 
 import numpy as np
 
+from bp_rl.decoding import request_tokens_per_second
 from bp_rl.features import parse_feature_set
 from bp_rl.measurement import AUTOREGRESSIVE, Measurement
 from bp_rl.prompts import SPLITS, Prompt
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added runs.machine and meta.machines
 REWARDS = ("tokens_per_second", "speedup", "log_speedup", "acceptance_length")
 DEFAULT_REWARD = "tokens_per_second"
 # Rows measured under different values of these never share a table.
@@ -41,13 +48,13 @@ IDENTITY_KEYS = (
     "dtype",
     "drafter",
     "drafter_hash",
-    "device",
-    "torch",
-    "transformers",
     "settings",
     "block_sizes",
     "feature_sets",
 )
+# What a machine is: timings from different machines share a table only when asked.
+MACHINE_KEYS = ("device", "torch", "transformers")
+RUN_COLUMNS = "prompt_id, block_size, repeat, new_tokens, acceptance, prefill_seconds, decode_seconds, load, machine"
 # Columns of one replayable repeat in `TableView.samples`.
 SAMPLE_COLUMNS = ("tokens_per_second", "mean_acceptance", "new_tokens", "cycles", "decode_seconds")
 TPS, ACCEPTANCE = 0, 1
@@ -62,7 +69,7 @@ CREATE TABLE IF NOT EXISTS observations (
 CREATE TABLE IF NOT EXISTS runs (
     prompt_id TEXT NOT NULL, block_size INTEGER NOT NULL, repeat INTEGER NOT NULL,
     new_tokens INTEGER NOT NULL, acceptance BLOB NOT NULL,
-    prefill_seconds REAL NOT NULL, decode_seconds REAL NOT NULL, load REAL,
+    prefill_seconds REAL NOT NULL, decode_seconds REAL NOT NULL, load REAL, machine INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (prompt_id, block_size, repeat));
 """
 
@@ -108,17 +115,23 @@ class RewardTable:
         self.db = connection
         self.meta = meta
         self.resplit = resplit  # prompt id -> split, overriding the measured one (cross-validation)
+        self.machine: int | None = None  # index into `machines` of the rows `add` writes (set by create_or_resume)
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
-    def create_or_resume(cls, path: str | Path, meta: dict) -> "RewardTable":
-        """Open `path` for appending rows measured under `meta`; refuses a table measured otherwise."""
+    def create_or_resume(cls, path: str | Path, meta: dict, allow_new_machine: bool = False) -> "RewardTable":
+        """Open `path` for appending rows measured under `meta` (on the machine it describes).
+
+        Refuses a table measured under other settings, and one measured on other machines unless
+        `allow_new_machine`.
+        """
         path = Path(path)
         if path.exists():
             table = cls.load(path)
             mismatch = _mismatch(table.meta, meta)
             if mismatch:
                 raise ValueError(f"{path} was measured under other settings, refusing to mix rows: {mismatch}")
+            table.machine = table._machine_index(_machine(meta), allow_new_machine)
             return table
         path.parent.mkdir(parents=True, exist_ok=True)
         # Build the empty table beside it and rename, so `path` is either absent or a valid table.
@@ -126,10 +139,13 @@ class RewardTable:
         tmp.unlink(missing_ok=True)
         with sqlite3.connect(tmp) as db:
             db.executescript(_SCHEMA)
+            meta = {**meta, "schema_version": SCHEMA_VERSION, "machines": [_machine(meta)]}
             db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
         db.close()
         os.replace(tmp, path)
-        return cls.load(path)
+        table = cls.load(path)
+        table.machine = 0
+        return table
 
     @classmethod
     def load(cls, path: str | Path, expect: dict | None = None) -> "RewardTable":
@@ -157,6 +173,31 @@ class RewardTable:
     def close(self) -> None:
         self.db.close()
 
+    @property
+    def machines(self) -> list[dict]:
+        """The machines the rows were measured on; a row's `machine` column indexes this list."""
+        return self.meta["machines"]
+
+    def rows_per_machine(self) -> list[int]:
+        counts = dict(self.db.execute("SELECT machine, COUNT(*) FROM runs GROUP BY machine"))
+        return [counts.get(i, 0) for i in range(len(self.machines))]
+
+    def _machine_index(self, machine: dict, allow_new: bool) -> int:
+        """Where `machine` is in `machines`, adding it if allowed."""
+        machines = self.machines
+        if machine not in machines:
+            if not allow_new:
+                last = machines[-1]
+                differences = "; ".join(f"{k}: table has {last[k]!r}, this machine {machine[k]!r}" for k in MACHINE_KEYS if last[k] != machine[k])
+                raise ValueError(
+                    f"{self.path} was measured on another machine ({differences}); pass allow_new_machine=true to go on "
+                    "measuring it here (each row records its machine), or collect into a new table (name=...)"
+                )
+            self.meta["machines"] = [*machines, machine]
+            with self.db:
+                self.db.execute("UPDATE meta SET value = ? WHERE key = 'machines'", (json.dumps(self.meta["machines"]),))
+        return self.meta["machines"].index(machine)
+
     def cross_validation_fold(self, fold: int, folds: int, seed: int = 0) -> "RewardTable":
         """This table with its prompts re-split for fold `fold` of `folds`-fold cross-validation.
 
@@ -180,6 +221,8 @@ class RewardTable:
 
     def add(self, prompt: Prompt, measurement: Measurement, repeat: int, load: float | None = None) -> None:
         """Append one measured decode (and the prompt's observations, the first time) in one transaction."""
+        if self.machine is None:
+            raise RuntimeError(f"{self.path} was opened for reading; open it with RewardTable.create_or_resume to add rows")
         stats = measurement.stats
         with self.db:
             self.db.execute(
@@ -191,7 +234,7 @@ class RewardTable:
                 [(prompt.id, name, vector.astype(np.float16).tobytes()) for name, vector in measurement.observations.items()],
             )
             self.db.execute(
-                "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR IGNORE INTO runs ({RUN_COLUMNS}) VALUES ({', '.join('?' * 9)})",
                 (
                     prompt.id,
                     measurement.block_size,
@@ -201,19 +244,26 @@ class RewardTable:
                     stats.prefill_seconds,
                     stats.decode_seconds,
                     load,
+                    self.machine,
                 ),
             )
 
     def merge_from(self, other: "RewardTable") -> int:
-        """Copy every row of `other` (same identity) that this table lacks; returns the rows added."""
+        """Copy every row of `other` (same identity, any machine) that this table lacks; returns the rows added."""
         mismatch = _mismatch(self.meta, other.meta)
         if mismatch:
             raise ValueError(f"cannot merge {other.path} into {self.path}: {mismatch}")
+        machine_ids = [self._machine_index(machine, allow_new=True) for machine in other.machines]
+        runs = other.db.execute(f"SELECT {RUN_COLUMNS} FROM runs").fetchall()
         before = self.db.total_changes
         with self.db:
-            for name, columns in (("prompts", 4), ("observations", 3), ("runs", 8)):
+            for name, columns in (("prompts", 4), ("observations", 3)):
                 rows = other.db.execute(f"SELECT * FROM {name}").fetchall()
                 self.db.executemany(f"INSERT OR IGNORE INTO {name} VALUES ({', '.join('?' * columns)})", rows)
+            self.db.executemany(
+                f"INSERT OR IGNORE INTO runs ({RUN_COLUMNS}) VALUES ({', '.join('?' * 9)})",
+                [(*row[:-1], machine_ids[row[-1]]) for row in runs],
+            )
         return self.db.total_changes - before
 
     # ---- reading -------------------------------------------------------------------------
@@ -251,12 +301,13 @@ class RewardTable:
         for pid, name, data in self.db.execute("SELECT prompt_id, feature_set, data FROM observations"):
             vectors.setdefault(pid, {})[name] = np.frombuffer(data, dtype=np.float16).astype(np.float32)
         runs: dict[tuple[str, int], list[tuple[float, ...]]] = {}
-        for pid, block, new_tokens, acceptance, seconds in self.db.execute(
-            "SELECT prompt_id, block_size, new_tokens, acceptance, decode_seconds FROM runs ORDER BY repeat"
+        for pid, block, new_tokens, acceptance, prefill_seconds, seconds in self.db.execute(
+            "SELECT prompt_id, block_size, new_tokens, acceptance, prefill_seconds, decode_seconds FROM runs ORDER BY repeat"
         ):
             cycles = np.frombuffer(acceptance, dtype=np.uint8)
             mean_acceptance = cycles.mean() if len(cycles) else 0.0
-            runs.setdefault((pid, block), []).append((new_tokens / seconds, mean_acceptance, new_tokens, len(cycles), seconds))
+            tokens_per_second = request_tokens_per_second(new_tokens, prefill_seconds, seconds)
+            runs.setdefault((pid, block), []).append((tokens_per_second, mean_acceptance, new_tokens, len(cycles), seconds))
 
         columns = (AUTOREGRESSIVE, *self.block_sizes)
         complete = [
@@ -361,6 +412,10 @@ class TableView:
             samples=[self.samples[i] for i in index],
             ar_samples=[self.ar_samples[i] for i in index],
         )
+
+
+def _machine(meta: dict) -> dict:
+    return {key: meta[key] for key in MACHINE_KEYS}
 
 
 def _mismatch(have: dict, want: dict, keys: Iterable[str] = IDENTITY_KEYS) -> str:

@@ -10,7 +10,9 @@ partial table covers every split) and, within a prompt, the block sizes and the
 autoregressive baseline run in a seeded random order (so drift does not favour one size).
 To run something else on this machine without skewing a timing: `touch <out>.pause`, wait
 until `<out>.paused` appears (the collector is idle), do the work, `rm <out>.pause`. A decode
-that overlapped the request is measured again.
+that overlapped the request is measured again (`experiments/paused.sh` does the handshake).
+A table begun on another machine (device or library versions) goes on here only with
+`allow_new_machine=true`; every row records its machine.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def main(cfg: DictConfig) -> None:
     dims = {name: int(vector.shape[0]) for name, vector in warm.observations.items()}
     meta = table_metadata(target, drafter, cfg.drafter, cfg.suite, settings, block_sizes, dims, " ".join(sys.argv))
     out = shard_path(Path(hydra.utils.to_absolute_path(cfg.out)), index, count)
-    table = RewardTable.create_or_resume(out, meta)
+    table = RewardTable.create_or_resume(out, meta, allow_new_machine=cfg.allow_new_machine)
     done = table.done_keys()
     todo = [row for row in plan_rows(prompts, block_sizes, repeats, cfg.seed) if (row[0].id, row[1], row[2]) not in done]
     print(f"{out}: {len(done)} rows already measured, {len(todo)} to go ({len(prompts)} prompts, {meta['device']})")

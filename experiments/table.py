@@ -39,8 +39,11 @@ def show(path: str, split: str | None, reward: str) -> str:
     tps = view.median(TPS)
     best = view.best_blocks(reward)
     lines = [
-        f"table {table.path.name}: target {meta['target']}, drafter {meta['drafter']} ({meta['drafter_hash']}), "
-        f"{meta['device']}, {meta['settings']}",
+        f"table {table.path.name}: target {meta['target']}, drafter {meta['drafter']} ({meta['drafter_hash']}), {meta['settings']}",
+        *[
+            f"measured on {m['device']}, torch {m['torch']}, transformers {m['transformers']}: {rows} decodes"
+            for m, rows in zip(table.machines, table.rows_per_machine())
+        ],
         f"{table.summary()['runs']} timed decodes; {len(view)} complete prompts in split {split or 'all'}; "
         f"reward {reward}; grid block (chosen on {'train' if grid_view is not view else 'this split'}): {view.block_sizes[grid]}",
         "",

@@ -62,7 +62,7 @@ def tiny_prompts() -> list:
     ]
 
 
-def build_tiny_table(path, target, drafter, rows=None, temperature=0.0, **overrides):
+def build_tiny_table(path, target, drafter, rows=None, temperature=0.0, allow_new_machine=False, **overrides):
     """A real (tiny) reward table: every row decoded and timed by the collection loop."""
     from bp_rl.collection import collect_rows, plan_rows, table_metadata
     from bp_rl.measurement import DecodeSettings, measure
@@ -76,7 +76,7 @@ def build_tiny_table(path, target, drafter, rows=None, temperature=0.0, **overri
     dims = {name: len(vector) for name, vector in warm.observations.items()}
     meta = table_metadata(target, drafter, "tiny", "tiny-suite", settings, TINY_BLOCKS, dims)
     meta.update(overrides)
-    table = RewardTable.create_or_resume(path, meta)
+    table = RewardTable.create_or_resume(path, meta, allow_new_machine)
     if rows is None:
         rows = plan_rows(prompts, TINY_BLOCKS, {"train": 1, "val": 1, "test": 2}, seed=0)
     collect_rows(table, target, drafter, rows, token_ids, settings, TINY_FEATURES, seed=0)

@@ -8,6 +8,7 @@ from drafters import NoisyOracleDrafter, SelfDrafter
 
 from bp_rl import (
     BlockDrafter,
+    DecodeStats,
     OracleDrafter,
     SpeculativeDecoder,
     autoregressive_generate,
@@ -60,6 +61,12 @@ def test_autoregressive_is_block_size_one(tiny_target):
     assert out.token_ids == hf_greedy(tiny_target, PROMPT, 20)
     assert out.stats.acceptance_lengths == [1] * 19 and out.stats.cycles == 19
     assert out.stats.tokens_per_second > 0 and out.stats.prefill_seconds > 0
+
+
+def test_a_request_stopping_at_its_first_token_counts_its_prefill():
+    # The first token comes from the prefill's logits: by decode time alone this is 1e6 tokens/s.
+    stats = DecodeStats(prompt_tokens=5, new_tokens=1, prefill_seconds=0.1, decode_seconds=1e-6)
+    assert stats.tokens_per_second == pytest.approx(1 / 0.100001)
 
 
 @pytest.mark.parametrize("max_new_tokens", [1, 2, 7, 16, 17, 33])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -120,6 +121,26 @@ def test_refuses_to_mix_rows_from_other_settings(tmp_path, tiny_table_path, tiny
         build_tiny_table(path, *tiny_models, drafter_hash="0123456789abcdef")
     with pytest.raises(ValueError, match="target: table has 'tiny-llama', asked for 'other'"):
         RewardTable.load(path, expect={"target": "other"})
+
+
+def test_a_table_goes_on_on_another_machine_only_when_asked(tmp_path, tiny_table_path, tiny_models):
+    path = tmp_path / "t.sqlite"
+    shutil.copy(tiny_table_path, path)
+    here = RewardTable.load(path).machines[0]["device"]
+    third_repeat = [row for row in plan_rows(tiny_prompts(), TINY_BLOCKS, {"train": 1, "val": 1, "test": 3}, seed=0) if row[2] == 2]
+    with pytest.raises(ValueError, match=f"another machine \\(device: table has '{re.escape(here)}', this machine 'Other CPU'\\).*allow_new_machine=true"):
+        build_tiny_table(path, *tiny_models, rows=third_repeat, device="Other CPU")
+    build_tiny_table(path, *tiny_models, rows=third_repeat, device="Other CPU", allow_new_machine=True).close()
+    table = RewardTable.load(path)
+    assert [m["device"] for m in table.machines] == [here, "Other CPU"]
+    assert table.rows_per_machine() == [60, 12]  # the third repeat of the 3 test prompts, 4 columns each
+    assert {len(s) for row in table.view("last_hidden", "test").samples for s in row} == {3}
+
+    # Merging remaps machines: a table begun on "Other CPU" has it as machine 0.
+    elsewhere = build_tiny_table(tmp_path / "o.sqlite", *tiny_models, rows=third_repeat, device="Other CPU")
+    merged = RewardTable.create_or_resume(tmp_path / "m.sqlite", RewardTable.load(tiny_table_path).meta)
+    assert merged.merge_from(RewardTable.load(tiny_table_path)) > 0 and merged.merge_from(elsewhere) > 0
+    assert [m["device"] for m in merged.machines] == [here, "Other CPU"] and merged.rows_per_machine() == [60, 12]
 
 
 def test_shards_merge_into_the_whole(tmp_path, tiny_models):
