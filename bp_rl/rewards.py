@@ -58,6 +58,8 @@ RUN_COLUMNS = "prompt_id, block_size, repeat, new_tokens, acceptance, prefill_se
 # Columns of one replayable repeat in `TableView.samples`.
 SAMPLE_COLUMNS = ("tokens_per_second", "mean_acceptance", "new_tokens", "cycles", "decode_seconds")
 TPS, ACCEPTANCE = 0, 1
+# Below this share of the grid reward, best - grid is within timing noise: no gap to close.
+MIN_GAP = 0.005
 SHIPPED_TABLES_DIR = Path(__file__).parent / "data" / "tables"
 
 _SCHEMA = """
@@ -376,7 +378,7 @@ class TableView:
         """Index of the best fixed block size over these prompts (the grid-searched baseline)."""
         return int(self.rewards(reward).mean(axis=0).argmax())
 
-    def noise_ceiling(self, grid: int, reward: str = DEFAULT_REWARD) -> tuple[float, int] | None:
+    def noise_ceiling(self, grid: int, reward: str = DEFAULT_REWARD) -> tuple[float | None, int] | None:
         """How much of the grid-to-best gap survives measurement noise: (gap closed, prompts used).
 
         Each prompt's best block is picked from one timed repeat and scored on the mean of its other
@@ -398,7 +400,8 @@ class TableView:
                 best.append(held_out.max())
         if not prompts:
             return None
-        return (np.mean(chosen) - np.mean(fixed)) / (np.mean(best) - np.mean(fixed)), prompts
+        gap = np.mean(best) - np.mean(fixed)
+        return ((np.mean(chosen) - np.mean(fixed)) / gap if gap > MIN_GAP * abs(np.mean(fixed)) else None), prompts
 
     def subset(self, mask: np.ndarray) -> "TableView":
         index = np.flatnonzero(mask)

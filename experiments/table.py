@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bp_rl.rewards import DEFAULT_REWARD, REWARDS, TPS, RewardTable
+from bp_rl.rewards import DEFAULT_REWARD, MIN_GAP, REWARDS, TPS, RewardTable
 from reporting import markdown_table
 
 
@@ -69,7 +69,12 @@ def show(path: str, split: str | None, reward: str) -> str:
             f"90th percentile {np.percentile(spreads, 90):.1%} ({len(spreads)} (prompt, block) cells with repeats)"
         )
     ceiling = view.noise_ceiling(grid, reward)
-    if ceiling:
+    if ceiling and ceiling[0] is None:
+        lines.append(
+            f"noise ceiling: on held-out repeats the per-prompt best beats grid by under {MIN_GAP:.1%} "
+            f"({ceiling[1]} prompts with repeats): no gap to close"
+        )
+    elif ceiling:
         lines.append(
             f"noise ceiling: picking each prompt's best block from one repeat and scoring it on the others closes "
             f"{ceiling[0]:.2f} of the grid-to-best gap ({ceiling[1]} prompts with repeats); "

@@ -58,6 +58,8 @@ def test_noise_ceiling_scores_one_repeat_choices_on_the_other_repeats():
     assert prompts == 2 and gap_closed == pytest.approx(0.5 / 1.5)
     assert _view_of_tokens_per_second([noisy]).noise_ceiling(grid=0) == (pytest.approx(-1.0), 1)
     assert _view_of_tokens_per_second([single]).noise_ceiling(grid=0) is None
+    tie = [[10, 10], [10.01, 10.01]]  # best beats grid by 0.1%: timing noise, no gap to close
+    assert _view_of_tokens_per_second([tie]).noise_ceiling(grid=0) == (None, 1)
 
 
 def test_show_prints_headroom_and_noise_of_a_real_table(tiny_table_path):
