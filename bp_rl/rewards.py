@@ -190,7 +190,9 @@ class RewardTable:
         if machine not in machines:
             if not allow_new:
                 last = machines[-1]
-                differences = "; ".join(f"{k}: table has {last[k]!r}, this machine {machine[k]!r}" for k in MACHINE_KEYS if last[k] != machine[k])
+                differences = "; ".join(
+                    f"{k}: table has {last[k]!r}, this machine {machine[k]!r}" for k in MACHINE_KEYS if last[k] != machine[k]
+                )
                 raise ValueError(
                     f"{self.path} was measured on another machine ({differences}); pass allow_new_machine=true to go on "
                     "measuring it here (each row records its machine), or collect into a new table (name=...)"
