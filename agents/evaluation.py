@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from agents.base import Agent
-from bp_rl.rewards import MIN_GAP
+from bp_rl.rewards import gap_closed
 
 Policy = Callable[[np.ndarray, int], int]  # (observation, prompt index) -> action
 
@@ -102,7 +102,5 @@ def _metrics(records: list[dict], grid: list[dict] | None) -> dict:
         best = _mean(records, "oracle_reward")
         metrics["regret"] = best - metrics["reward"]
         if grid:
-            grid_reward = _mean(grid, "reward")
-            gap = best - grid_reward
-            metrics["gap_closed"] = (metrics["reward"] - grid_reward) / gap if gap > MIN_GAP * abs(grid_reward) else None
+            metrics["gap_closed"] = gap_closed(metrics["reward"], _mean(grid, "reward"), best)
     return metrics

@@ -55,6 +55,7 @@ IDENTITY_KEYS = (
 # What a machine is: timings from different machines share a table only when asked.
 MACHINE_KEYS = ("device", "torch", "transformers")
 RUN_COLUMNS = "prompt_id, block_size, repeat, new_tokens, acceptance, prefill_seconds, decode_seconds, load, machine"
+_INSERT_RUN = f"INSERT OR IGNORE INTO runs ({RUN_COLUMNS}) VALUES ({', '.join('?' * len(RUN_COLUMNS.split(',')))})"
 # Columns of one replayable repeat in `TableView.samples`.
 SAMPLE_COLUMNS = ("tokens_per_second", "mean_acceptance", "new_tokens", "cycles", "decode_seconds")
 TPS, ACCEPTANCE = 0, 1
@@ -74,6 +75,12 @@ CREATE TABLE IF NOT EXISTS runs (
     prefill_seconds REAL NOT NULL, decode_seconds REAL NOT NULL, load REAL, machine INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (prompt_id, block_size, repeat));
 """
+
+
+def gap_closed(reward: float, grid: float, best: float) -> float | None:
+    """(reward - grid) / (best - grid); None when best beats grid by under `MIN_GAP` (timing noise)."""
+    gap = best - grid
+    return (reward - grid) / gap if gap > MIN_GAP * abs(grid) else None
 
 
 def check_reward(name: str) -> str:
@@ -238,7 +245,7 @@ class RewardTable:
                 [(prompt.id, name, vector.astype(np.float16).tobytes()) for name, vector in measurement.observations.items()],
             )
             self.db.execute(
-                f"INSERT OR IGNORE INTO runs ({RUN_COLUMNS}) VALUES ({', '.join('?' * 9)})",
+                _INSERT_RUN,
                 (
                     prompt.id,
                     measurement.block_size,
@@ -265,7 +272,7 @@ class RewardTable:
                 rows = other.db.execute(f"SELECT * FROM {name}").fetchall()
                 self.db.executemany(f"INSERT OR IGNORE INTO {name} VALUES ({', '.join('?' * columns)})", rows)
             self.db.executemany(
-                f"INSERT OR IGNORE INTO runs ({RUN_COLUMNS}) VALUES ({', '.join('?' * 9)})",
+                _INSERT_RUN,
                 [(*row[:-1], machine_ids[row[-1]]) for row in runs],
             )
         return self.db.total_changes - before
@@ -402,8 +409,7 @@ class TableView:
                 best.append(held_out.max())
         if not prompts:
             return None
-        gap = np.mean(best) - np.mean(fixed)
-        return ((np.mean(chosen) - np.mean(fixed)) / gap if gap > MIN_GAP * abs(np.mean(fixed)) else None), prompts
+        return gap_closed(np.mean(chosen), np.mean(fixed), np.mean(best)), prompts
 
     def subset(self, mask: np.ndarray) -> "TableView":
         index = np.flatnonzero(mask)

@@ -14,8 +14,7 @@ import pytest
 
 from agents import FitData, LabelledSet, agent_names, agent_policy, best_policy, make_agent, run_policies, run_policy, summarise
 from agents.base import Agent
-from bp_rl.rewards import MIN_GAP
-from bp_rl.rewards import RewardTable
+from bp_rl.rewards import MIN_GAP, RewardTable
 from envs import make_table_env
 
 ROOT = Path(__file__).resolve().parents[1]
