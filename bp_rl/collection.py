@@ -62,11 +62,13 @@ def wait_while_paused(pause_file: Path, bar: tqdm) -> bool:
     if not pause_file.exists():
         return False
     acknowledged = pause_file.with_name(pause_file.name + "d")
-    acknowledged.touch()
     bar.set_postfix_str(f"paused: remove {pause_file} to go on")
-    while pause_file.exists():
-        time.sleep(1)
-    acknowledged.unlink(missing_ok=True)
+    try:
+        while pause_file.exists():
+            acknowledged.touch()  # every second: a waiter may have cleared a stale acknowledgement
+            time.sleep(1)
+    finally:
+        acknowledged.unlink(missing_ok=True)
     return True
 
 

@@ -5,8 +5,10 @@
 #
 # Each table named must have `experiments/collect.py` running on it: the collector finishes (or
 # abandons and later redoes) its decode in flight, acknowledges with <table>.paused, and resumes
-# once this script removes <table>.pause, which it does however the command ends.
+# once this script removes <table>.pause, which it does however the command ends. PAUSE_WAIT_S
+# (default 120) bounds the wait for that acknowledgement.
 set -euo pipefail
+wait_s=${PAUSE_WAIT_S:-120}
 tables=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do tables+=("$1"); shift; done
 if [ ${#tables[@]} -eq 0 ] || [ $# -lt 2 ]; then
@@ -16,11 +18,13 @@ fi
 shift
 resume() { for table in "${tables[@]}"; do rm -f "$table.pause"; done; }
 trap resume EXIT
-for table in "${tables[@]}"; do touch "$table.pause"; done
+# A .paused left by a collector killed while paused would fool the wait below: clear it first
+# (a collector that is really paused writes it again within a second).
+for table in "${tables[@]}"; do rm -f "$table.paused"; touch "$table.pause"; done
 for table in "${tables[@]}"; do
-  for _ in $(seq 120); do [ -e "$table.paused" ] && break; sleep 1; done
+  for _ in $(seq "$wait_s"); do [ -e "$table.paused" ] && break; sleep 1; done
   if [ ! -e "$table.paused" ]; then
-    echo "no collector acknowledged $table.pause within 120 s: is experiments/collect.py running on $table?" >&2
+    echo "no collector acknowledged $table.pause within $wait_s s: is experiments/collect.py running on $table?" >&2
     exit 1
   fi
 done

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tqdm import tqdm
 
 import bp_rl.collection as collection
 from bp_rl.collection import parse_shard, plan_rows, shard_path
@@ -166,6 +170,33 @@ def test_plan_visits_every_prompt_before_any_repeat():
     assert rows == plan_rows(prompts, TINY_BLOCKS, {"train": 1, "val": 1, "test": 3}, seed=0)
     orders = {tuple(b for p, b, r in rows if p.id == pid and r == 0) for pid in ("p00", "p01", "p02", "p03")}
     assert len(orders) > 1  # block order is shuffled per prompt
+
+
+def test_paused_script_waits_for_a_live_collector_and_ignores_a_stale_acknowledgement(tmp_path):
+    table = tmp_path / "t.sqlite"
+    pause, paused = Path(f"{table}.pause"), Path(f"{table}.paused")
+    script = [str(EXPERIMENTS / "paused.sh"), str(table), "--"]
+    env = {"PATH": os.environ["PATH"], "PAUSE_WAIT_S": "3"}
+
+    paused.touch()  # left behind by a collector killed while paused: nobody is listening now
+    stale = subprocess.run([*script, "true"], env=env, capture_output=True, text=True)
+    assert stale.returncode == 1 and "no collector acknowledged" in stale.stderr
+    assert not pause.exists() and not paused.exists()
+
+    stop, pauses = threading.Event(), []
+    def collector():  # the loop collect_rows runs between decodes
+        while not stop.is_set():
+            pauses.append(collection.wait_while_paused(pause, tqdm(disable=True)))
+            time.sleep(0.05)
+    thread = threading.Thread(target=collector)
+    thread.start()
+    try:
+        live = subprocess.run([*script, "sh", "-c", f"test -e {paused}"], env=env, capture_output=True, text=True)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert live.returncode == 0, live.stderr
+    assert True in pauses and not pause.exists() and not paused.exists()
 
 
 def test_shard_names_and_bad_shards(tmp_path):
