@@ -184,6 +184,7 @@ def test_paused_script_waits_for_a_live_collector_and_ignores_a_stale_acknowledg
     assert not pause.exists() and not paused.exists()
 
     stop, pauses = threading.Event(), []
+
     def collector():  # the loop collect_rows runs between decodes
         while not stop.is_set():
             pauses.append(collection.wait_while_paused(pause, tqdm(disable=True)))
@@ -191,7 +192,7 @@ def test_paused_script_waits_for_a_live_collector_and_ignores_a_stale_acknowledg
     thread = threading.Thread(target=collector)
     thread.start()
     try:
-        live = subprocess.run([*script, "sh", "-c", f"test -e {paused}"], env=env, capture_output=True, text=True)
+        live = subprocess.run([*script, "test", "-e", str(paused)], env=env, capture_output=True, text=True)
     finally:
         stop.set()
         thread.join(timeout=5)
