@@ -26,9 +26,9 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -413,16 +413,23 @@ class TableView:
 
     def subset(self, mask: np.ndarray) -> "TableView":
         index = np.flatnonzero(mask)
-        return TableView(
+        return replace(
+            self,
             prompt_ids=[self.prompt_ids[i] for i in index],
             categories=self.categories[index],
             splits=self.splits[index],
-            block_sizes=self.block_sizes,
-            feature_set=self.feature_set,
             observations=self.observations[index],
             samples=[self.samples[i] for i in index],
             ar_samples=[self.ar_samples[i] for i in index],
         )
+
+    def with_blocks(self, block_sizes: Sequence[int]) -> "TableView":
+        """The same prompts with only these block sizes: what a smaller action set leaves to win."""
+        unknown = [b for b in block_sizes if b not in self.block_sizes]
+        if unknown or not block_sizes:
+            raise ValueError(f"block sizes {list(block_sizes)}: choose among this table's {list(self.block_sizes)}")
+        index = [self.block_sizes.index(b) for b in block_sizes]
+        return replace(self, block_sizes=tuple(block_sizes), samples=[[row[k] for k in index] for row in self.samples])
 
 
 def _machine(meta: dict) -> dict:

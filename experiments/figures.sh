@@ -3,27 +3,31 @@
 #
 #     experiments/figures.sh [OUT]        # default OUT: runs/figures; `make figures` runs it
 #
-# Replay only (about ten minutes on 2 cores): the tables' headroom and noise; the 3-seed agent
-# sweep on the T=0 table and, when the T=1 table is shipped, the same agents evaluated on it
-# (trained at T=0, and cross-validated on the T=1 prompts); the online agents at equal sample
-# budgets; a feature-set ablation on the validation split. LIVE=1 adds the measurements that
-# decode for real (replay vs live, environment speed): tens of minutes. Nothing else may run
-# meanwhile: the live timings would be skewed.
+# Replay only (about ten minutes on 2 cores, plus four per test-only table): the tables' headroom
+# and noise, also over smaller block sets; the 3-seed agent sweep on the T=0 table; for each
+# shipped test-only table (T=1, and T=0 measured on the AMD machine) the same agents trained on
+# the T=0 table and evaluated on it, and cross-validated on its prompts; the online agents at
+# equal sample budgets; a feature-set ablation on the validation split. LIVE=1 adds the
+# measurements that decode for real (replay vs live, environment speed): tens of minutes.
+# Nothing else may run meanwhile: the live timings would be skewed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/figures}
 PY=${PY:-.venv/bin/python}
 AGENTS=ppo,linucb,lints,egreedy,oracle,grid,fixed,random
 T0=smollm2-135m-block-t0
-T1=smollm2-135m-block-t1
+TEST_ONLY="smollm2-135m-block-t1 smollm2-135m-block-t0-amd"  # measured on the test split only
 export WANDB_MODE=${WANDB_MODE:-disabled}
 mkdir -p "$OUT"
 shipped() { [ -f "bp_rl/data/tables/$1.sqlite" ]; }
 
-for table in $T0 $T1; do
+for table in $T0 $TEST_ONLY; do
   shipped $table || { echo "skipping $table: not shipped"; continue; }
   $PY experiments/table.py show $table > "$OUT/$table.all.md"
   $PY experiments/table.py show $table --split test > "$OUT/$table.test.md"
+  for blocks in 1,2,3,4 1,4,8,16 2,4,8,16; do  # does a smaller action set leave more to win?
+    $PY experiments/table.py show $table --split test --blocks $blocks > "$OUT/$table.test.b$blocks.md"
+  done
 done
 
 sweep() {  # sweep NAME OVERRIDES...: a 3-seed multirun and its report
@@ -34,10 +38,12 @@ sweep() {  # sweep NAME OVERRIDES...: a 3-seed multirun and its report
   echo "$OUT/$name/report.md"
 }
 sweep agents-t0 agent=$AGENTS seed=0,1,2
-if shipped $T1; then  # T=1 is measured on the test split only: transfer from T=0, and 4-fold cross-validation
-  sweep agents-t0-on-t1 agent=$AGENTS seed=0,1,2 env.eval_table=$T1
-  sweep agents-t1-cv agent=$AGENTS seed=0,1,2 env.table=$T1 env.folds=4
-fi
+for table in $TEST_ONLY; do  # no train split of their own: transfer from T=0, and 4-fold cross-validation
+  shipped $table || continue
+  tag=${table#smollm2-135m-block-}
+  sweep agents-t0-on-$tag agent=$AGENTS seed=0,1,2 env.eval_table=$table
+  sweep agents-$tag-cv agent=$AGENTS seed=0,1,2 env.table=$table env.folds=4
+done
 sweep budget-t0 agent=ppo,linucb,lints,egreedy budget=1000,4000,20000 seed=0,1,2  # sample efficiency
 sweep features-val agent=oracle,ppo,lints seed=0,1,2 env.split=val \
   env.feature_set=last_hidden+logit_stats+prompt_length,last_hidden,mean_hidden,multi_layer,logit_stats+prompt_length

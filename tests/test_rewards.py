@@ -66,13 +66,29 @@ def test_noise_ceiling_scores_one_repeat_choices_on_the_other_repeats():
     assert _view_of_tokens_per_second([tie]).noise_ceiling(grid=0) == (None, 1)
 
 
+def test_a_smaller_block_set_keeps_its_columns_and_refuses_unknown_sizes():
+    view = _view_of_tokens_per_second([[[10, 11], [12]], [[9], [8, 7]]])
+    only_b2 = view.with_blocks([2])
+    assert only_b2.block_sizes == (2,) and len(only_b2) == 2 and only_b2.observations is view.observations
+    np.testing.assert_allclose(only_b2.median(), [[12], [7.5]])
+    assert (view.with_blocks([2, 1]).best_blocks() == [0, 1]).all()  # indices follow the order asked for
+    for bad in ([3], [1, 5], []):
+        with pytest.raises(ValueError, match=r"choose among this table's \[1, 2\]"):
+            view.with_blocks(bad)
+
+
 def test_show_prints_headroom_and_noise_of_a_real_table(tiny_table_path):
-    result = subprocess.run([sys.executable, str(EXPERIMENTS / "table.py"), "show", str(tiny_table_path), "--split", "test"],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    text = result.stdout
+    def show(*options: str) -> str:
+        command = [sys.executable, str(EXPERIMENTS / "table.py"), "show", str(tiny_table_path), "--split", "test", *options]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    text = show()
     assert "| all | 3 |" in text and "prompts whose best block is each size" in text
     assert "noise between repeats" in text and "(3 prompts with repeats)" in text
+    smaller = show("--blocks", "4,1")
+    assert "| AR tok/s | b4 | b1 | grid |" in smaller and "grid block (chosen on train)" in smaller
 
 
 def test_cross_validation_folds_test_every_prompt_once(tiny_table_path):
