@@ -6,10 +6,10 @@
 
 `show` prints what the policies compete for: per category and overall, the tokens/s of
 autoregressive decoding, of every fixed block size, of the best fixed (grid) block and of the
-per-prompt best block, the headroom best/grid - 1, how often each size is a prompt's best,
-the noise between timed repeats and how much of the gap survives it; `--blocks` asks the same of
-a smaller action set. `publish` copies a consistent snapshot (SQLite backup, safe while a
-collector is still writing) and compacts it, atomically.
+per-prompt best block, the headroom best/grid - 1, how often each size is a prompt's best, the
+mean acceptance length of each size, the noise between timed repeats and how much of the gap
+survives it; `--blocks` asks the same of a smaller action set. `publish` copies a consistent
+snapshot (SQLite backup, safe while a collector is still writing) and compacts it, atomically.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bp_rl.rewards import DEFAULT_REWARD, MIN_GAP, REWARDS, TPS, RewardTable
+from bp_rl.rewards import ACCEPTANCE, DEFAULT_REWARD, MIN_GAP, REWARDS, TPS, RewardTable
 from reporting import markdown_table
 
 
@@ -64,6 +64,8 @@ def show(path: str, split: str | None, reward: str, blocks: list[int] | None = N
     lines.append(markdown_table(rows, headers))
     counts = np.bincount(best, minlength=len(view.block_sizes))
     lines += ["", "prompts whose best block is each size: " + ", ".join(f"b{b}: {c}" for b, c in zip(view.block_sizes, counts))]
+    acceptance = view.median(ACCEPTANCE).mean(axis=0)  # the drafter's side of the trade: machine-independent at T=0
+    lines.append("mean acceptance length (tokens per verify pass): " + ", ".join(f"b{b}: {a:.2f}" for b, a in zip(view.block_sizes, acceptance)))
     spreads = [np.std(s[:, TPS]) / np.mean(s[:, TPS]) for row in view.samples for s in row if len(s) > 1]
     if spreads:
         lines.append(
