@@ -426,8 +426,8 @@ class TableView:
     def with_blocks(self, block_sizes: Sequence[int]) -> "TableView":
         """The same prompts with only these block sizes: what a smaller action set leaves to win."""
         unknown = [b for b in block_sizes if b not in self.block_sizes]
-        if unknown or not block_sizes:
-            raise ValueError(f"block sizes {list(block_sizes)}: choose among this table's {list(self.block_sizes)}")
+        if unknown or not block_sizes or len(set(block_sizes)) < len(block_sizes):
+            raise ValueError(f"block sizes {list(block_sizes)}: choose distinct sizes among this table's {list(self.block_sizes)}")
         index = [self.block_sizes.index(b) for b in block_sizes]
         return replace(self, block_sizes=tuple(block_sizes), samples=[[row[k] for k in index] for row in self.samples])
 

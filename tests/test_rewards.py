@@ -72,8 +72,8 @@ def test_a_smaller_block_set_keeps_its_columns_and_refuses_unknown_sizes():
     assert only_b2.block_sizes == (2,) and len(only_b2) == 2 and only_b2.observations is view.observations
     np.testing.assert_allclose(only_b2.median(), [[12], [7.5]])
     assert (view.with_blocks([2, 1]).best_blocks() == [0, 1]).all()  # indices follow the order asked for
-    for bad in ([3], [1, 5], []):
-        with pytest.raises(ValueError, match=r"choose among this table's \[1, 2\]"):
+    for bad in ([3], [1, 5], [], [2, 2]):
+        with pytest.raises(ValueError, match=r"choose distinct sizes among this table's \[1, 2\]"):
             view.with_blocks(bad)
 
 
