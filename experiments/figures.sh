@@ -26,7 +26,7 @@ for table in $T0 $TEST_ONLY; do
   $PY experiments/table.py show $table > "$OUT/$table.all.md"
   $PY experiments/table.py show $table --split test > "$OUT/$table.test.md"
   for blocks in 1,2,3,4 1,4,8,16 2,4,8,16; do  # does a smaller action set leave more to win?
-    $PY experiments/table.py show $table --split test --blocks $blocks > "$OUT/$table.test.b$blocks.md"
+    $PY experiments/table.py show $table --split test --block-sizes ${blocks//,/ } > "$OUT/$table.test.b$blocks.md"
   done
 done
 

@@ -1,6 +1,6 @@
 """Inspect, merge and publish reward tables.
 
-    python experiments/table.py show smollm2-135m-block-t0 [--split test] [--reward speedup] [--blocks 1,4,8]
+    python experiments/table.py show smollm2-135m-block-t0 [--split test] [--reward speedup] [--block-sizes 1 4 8]
     python experiments/table.py merge runs/tables/all.sqlite runs/tables/t.shard0of2.sqlite runs/tables/t.shard1of2.sqlite
     python experiments/table.py publish runs/tables/t.sqlite bp_rl/data/tables/t.sqlite
 
@@ -8,7 +8,7 @@
 autoregressive decoding, of every fixed block size, of the best fixed (grid) block and of the
 per-prompt best block, the headroom best/grid - 1, how often each size is a prompt's best, the
 mean acceptance length of each size, the noise between timed repeats and how much of the gap
-survives it; `--blocks` asks the same of a smaller action set. `publish` copies a consistent
+survives it; `--block-sizes` asks the same of a smaller action set. `publish` copies a consistent
 snapshot (SQLite backup, safe while a collector is still writing) and compacts it, atomically.
 """
 
@@ -25,7 +25,7 @@ from bp_rl.rewards import ACCEPTANCE, DEFAULT_REWARD, MIN_GAP, REWARDS, TPS, Rew
 from reporting import markdown_table
 
 
-def show(path: str, split: str | None, reward: str, blocks: list[int] | None = None) -> str:
+def show(path: str, split: str | None, reward: str, block_sizes: list[int] | None = None) -> str:
     table = RewardTable.load(path)
     meta = table.meta
     any_features = next(iter(table.feature_sets))  # observations play no part here
@@ -35,8 +35,8 @@ def show(path: str, split: str | None, reward: str, blocks: list[int] | None = N
         grid_view, grid_split = table.view(any_features, "train"), "train"
     except ValueError:
         grid_view, grid_split = view, "this split"
-    if blocks:
-        view, grid_view = view.with_blocks(blocks), grid_view.with_blocks(blocks)
+    if block_sizes:
+        view, grid_view = view.with_blocks(block_sizes), grid_view.with_blocks(block_sizes)
     grid = grid_view.grid_block(reward)
     tps = view.median(TPS)
     best = view.best_blocks(reward)
@@ -111,13 +111,6 @@ def publish(source: str, destination: str) -> str:
     return f"{destination}: {table.summary()['runs']} rows, {destination.stat().st_size / 1e6:.2f} MB"
 
 
-def block_list(text: str) -> list[int]:
-    try:
-        return [int(b) for b in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of block sizes, e.g. 1,4,8") from None
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -125,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("table", help="a shipped table name or a .sqlite path")
     p.add_argument("--split", choices=["train", "val", "test"], default=None)
     p.add_argument("--reward", choices=REWARDS, default=DEFAULT_REWARD)
-    p.add_argument("--blocks", type=block_list, default=None, help="only these block sizes, e.g. 1,4,8")
+    p.add_argument("--block-sizes", type=int, nargs="+", default=None, help="only these block sizes, e.g. 1 4 8")
     p = commands.add_parser("merge", help="merge shards (same settings) into one table")
     p.add_argument("out")
     p.add_argument("inputs", nargs="+")
@@ -134,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("destination")
     args = parser.parse_args(argv)
     if args.command == "show":
-        print(show(args.table, args.split, args.reward, args.blocks))
+        print(show(args.table, args.split, args.reward, args.block_sizes))
     elif args.command == "merge":
         print(merge(args.out, args.inputs))
     else:

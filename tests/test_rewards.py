@@ -88,7 +88,7 @@ def test_show_prints_headroom_and_noise_of_a_real_table(tiny_table_path):
     assert "| all | 3 |" in text and "prompts whose best block is each size" in text
     assert re.search(r"mean acceptance length \(tokens per verify pass\): b1: 1\.\d\d, b2: \d\.\d\d, b4: \d\.\d\d", text)
     assert "noise between repeats" in text and "(3 prompts with repeats)" in text
-    smaller = show("--blocks", "4,1")
+    smaller = show("--block-sizes", "4", "1")
     assert "| AR tok/s | b4 | b1 | grid |" in smaller and "grid block (chosen on train)" in smaller
 
 
