@@ -126,12 +126,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("source")
     p.add_argument("destination")
     args = parser.parse_args(argv)
-    if args.command == "show":
-        print(show(args.table, args.split, args.reward, args.block_sizes))
-    elif args.command == "merge":
-        print(merge(args.out, args.inputs))
-    else:
-        print(publish(args.source, args.destination))
+    try:
+        if args.command == "show":
+            print(show(args.table, args.split, args.reward, args.block_sizes))
+        elif args.command == "merge":
+            print(merge(args.out, args.inputs))
+        else:
+            print(publish(args.source, args.destination))
+    except (ValueError, FileNotFoundError) as err:  # bad input: the message names the value and the choices
+        parser.error(str(err))
 
 
 if __name__ == "__main__":

@@ -78,11 +78,11 @@ def test_a_smaller_block_set_keeps_its_columns_and_refuses_unknown_sizes():
 
 
 def test_show_prints_headroom_and_noise_of_a_real_table(tiny_table_path):
-    def show(*options: str) -> str:
+    def show(*options: str, returncode: int = 0) -> str:
         command = [sys.executable, str(EXPERIMENTS / "table.py"), "show", str(tiny_table_path), "--split", "test", *options]
         result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return result.stdout
+        assert result.returncode == returncode, result.stderr[-3000:]
+        return result.stdout if returncode == 0 else result.stderr
 
     text = show()
     assert "| all | 3 |" in text and "prompts whose best block is each size" in text
@@ -90,6 +90,8 @@ def test_show_prints_headroom_and_noise_of_a_real_table(tiny_table_path):
     assert "noise between repeats" in text and "(3 prompts with repeats)" in text
     smaller = show("--block-sizes", "4", "1")
     assert "| AR tok/s | b4 | b1 | grid |" in smaller and "grid block (chosen on train)" in smaller
+    refused = show("--block-sizes", "5", returncode=2)  # a clean usage error, no traceback
+    assert "error: block sizes [5]: choose distinct sizes among this table's [1, 2, 4]" in refused and "Traceback" not in refused
 
 
 def test_cross_validation_folds_test_every_prompt_once(tiny_table_path):
