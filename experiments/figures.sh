@@ -49,7 +49,9 @@ sweep features-val agent=oracle,ppo,lints seed=0,1,2 env.split=val \
   env.feature_set=last_hidden+logit_stats+prompt_length,last_hidden,mean_hidden,multi_layer,logit_stats+prompt_length
 
 if [ "${LIVE:-0}" = 1 ]; then
-  $PY experiments/validate_replay.py --prompts 8 > "$OUT/validate_replay.md"
+  for table in $T0 smollm2-135m-block-t0-amd; do  # one table per CPU model: agreement on its own machine only
+    $PY experiments/validate_replay.py --table $table --prompts 8 > "$OUT/validate_replay.$table.md"
+  done
   $PY experiments/bench_env.py --live-steps 4 > "$OUT/bench_env.md"
 fi
 ls "$OUT"
