@@ -3,12 +3,12 @@
 #
 #     experiments/figures.sh [OUT]        # default OUT: runs/figures; `make figures` runs it
 #
-# Replay only (about ten minutes on 2 cores, plus four per test-only table): the tables' headroom
-# and noise, also over smaller block sets; the 3-seed agent sweep on the T=0 table; for each
-# shipped test-only table (T=1, and T=0 measured on the AMD machine) the same agents trained on
-# the T=0 table and evaluated on it, and cross-validated on its prompts; the online agents at
-# equal sample budgets; a feature-set ablation on the validation split. LIVE=1 adds the
-# measurements that decode for real (replay vs live, environment speed): tens of minutes.
+# Replay only (about 20 minutes on 2 cores): the tables' headroom and noise, also over smaller
+# block sets; the 3-seed agent sweep on the T=0 table; for each shipped test-only table (T=1, and
+# T=0 measured on the AMD machine) the same agents trained on the T=0 table and evaluated on it,
+# and cross-validated on its prompts; T=0 to T=1 on one machine; the online agents at equal
+# sample budgets; a feature-set ablation on the validation split. LIVE=1 adds the measurements
+# that decode for real (replay vs live for each T=0 table, environment speed): about 15 minutes.
 # Nothing else may run meanwhile: the live timings would be skewed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +44,11 @@ for table in $TEST_ONLY; do  # no train split of their own: transfer from T=0, a
   sweep agents-t0-on-$tag agent=$AGENTS seed=0,1,2 env.eval_table=$table
   sweep agents-$tag-cv agent=$AGENTS seed=0,1,2 env.table=$table env.folds=4
 done
+# temperature alone, on one CPU: trained at T=0 and evaluated at T=1, both tables from the AMD machine
+if shipped smollm2-135m-block-t0-amd && shipped smollm2-135m-block-t1; then
+  sweep agents-t0-amd-on-t1-cv agent=$AGENTS seed=0,1,2 env.table=smollm2-135m-block-t0-amd env.folds=4 \
+    env.eval_table=smollm2-135m-block-t1
+fi
 sweep budget-t0 agent=ppo,linucb,lints,egreedy budget=1000,4000,20000 seed=0,1,2  # sample efficiency
 sweep features-val agent=oracle,ppo,lints seed=0,1,2 env.split=val \
   env.feature_set=last_hidden+logit_stats+prompt_length,last_hidden,mean_hidden,multi_layer,logit_stats+prompt_length
