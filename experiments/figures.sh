@@ -15,8 +15,10 @@ cd "$(dirname "$0")/.."
 OUT=${1:-runs/figures}
 PY=${PY:-.venv/bin/python}
 AGENTS=ppo,linucb,lints,egreedy,oracle,grid,fixed,random
-T0=smollm2-135m-block-t0
-TEST_ONLY="smollm2-135m-block-t1 smollm2-135m-block-t0-amd"  # measured on the test split only
+T0=smollm2-135m-block-t0          # Intel Xeon, every split
+T1=smollm2-135m-block-t1          # AMD EPYC, test split only
+T0_AMD=smollm2-135m-block-t0-amd  # AMD EPYC, test split only
+TEST_ONLY="$T1 $T0_AMD"
 export WANDB_MODE=${WANDB_MODE:-disabled}
 mkdir -p "$OUT"
 shipped() { [ -f "bp_rl/data/tables/$1.sqlite" ]; }
@@ -45,16 +47,15 @@ for table in $TEST_ONLY; do  # no train split of their own: transfer from T=0, a
   sweep agents-$tag-cv agent=$AGENTS seed=0,1,2 env.table=$table env.folds=4
 done
 # temperature alone, on one CPU: trained at T=0 and evaluated at T=1, both tables from the AMD machine
-if shipped smollm2-135m-block-t0-amd && shipped smollm2-135m-block-t1; then
-  sweep agents-t0-amd-on-t1-cv agent=$AGENTS seed=0,1,2 env.table=smollm2-135m-block-t0-amd env.folds=4 \
-    env.eval_table=smollm2-135m-block-t1
+if shipped $T0_AMD && shipped $T1; then
+  sweep agents-t0-amd-on-t1-cv agent=$AGENTS seed=0,1,2 env.table=$T0_AMD env.folds=4 env.eval_table=$T1
 fi
 sweep budget-t0 agent=ppo,linucb,lints,egreedy budget=1000,4000,20000 seed=0,1,2  # sample efficiency
 sweep features-val agent=oracle,ppo,lints seed=0,1,2 env.split=val \
   env.feature_set=last_hidden+logit_stats+prompt_length,last_hidden,mean_hidden,multi_layer,logit_stats+prompt_length
 
 if [ "${LIVE:-0}" = 1 ]; then
-  for table in $T0 smollm2-135m-block-t0-amd; do  # one table per CPU model: agreement on its own machine only
+  for table in $T0 $T0_AMD; do  # one table per CPU model: agreement on its own machine only
     $PY experiments/validate_replay.py --table $table --prompts 8 > "$OUT/validate_replay.$table.md"
   done
   $PY experiments/bench_env.py --live-steps 4 > "$OUT/bench_env.md"
