@@ -7,7 +7,10 @@ Architecture (checkpoint-compatible with the public DFlash drafter):
   (frozen, shared) embedding;
 - a few Qwen3-style layers, in which the block's queries attend, with no causal mask, to keys
   and values built from [fused context, block states]: bidirectional inside the block;
-- the target's own LM head turns the final states into draft logits.
+- the target's own LM head turns the final states into draft logits, optionally over a reduced
+  draft vocabulary (the K tokens the target writes most, as in FR-Spec / EAGLE-3): a token-id map
+  `draft_token_ids` stored with the checkpoint picks the head's rows. Verification still uses the
+  full vocabulary, so greedy output is unchanged and sampling stays exact (q is zero outside the map).
 The fused context's keys/values are cached across cycles; the block's are dropped after each.
 """
 
@@ -112,7 +115,11 @@ class BlockDrafter(nn.Module, Drafter):
         self.hidden_norm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.norm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = Qwen3RotaryEmbedding(config)
+        draft_vocab = dflash.get("draft_vocab_size")
+        # saved with the weights; a public DFlash checkpoint has none (a None buffer is not saved): full head
+        self.register_buffer("draft_token_ids", None if draft_vocab is None else torch.zeros(int(draft_vocab), dtype=torch.long))
         self._target: Target | None = None  # not a submodule: the target's weights are shared, never saved
+        self._head: torch.Tensor | None = None  # the target's LM head rows this drafter drafts from
 
     # --- what the decoding engine reads -------------------------------------------------------
     @property
@@ -155,6 +162,32 @@ class BlockDrafter(nn.Module, Drafter):
             )
         return self.norm(hidden)
 
+    # --- the draft vocabulary -----------------------------------------------------------------
+    @property
+    def draft_vocab_size(self) -> int:
+        return self.config.vocab_size if self.draft_token_ids is None else len(self.draft_token_ids)
+
+    def set_draft_vocabulary(self, token_ids: torch.Tensor | None) -> "BlockDrafter":
+        """Draft over these target token ids only (None: the full vocabulary)."""
+        if token_ids is None:
+            self.config.dflash_config.pop("draft_vocab_size", None)
+            self.draft_token_ids = None
+        else:
+            ids = torch.as_tensor(token_ids, dtype=torch.long).unique()
+            if len(ids) < 2 or int(ids[0]) < 0 or int(ids[-1]) >= self.config.vocab_size:
+                raise ValueError(f"draft vocabulary needs >= 2 distinct ids in [0, {self.config.vocab_size}), got {len(ids)} in [{int(ids[0])}, {int(ids[-1])}]")
+            self.config.dflash_config["draft_vocab_size"] = len(ids)
+            self.draft_token_ids = ids.to(self.fc.weight.device)
+        self._head = None
+        return self
+
+    def draft_head(self) -> torch.Tensor:
+        """(draft vocab, hidden) LM-head rows of the draft vocabulary, sliced once per binding."""
+        if self._head is None:
+            weight = self._bound_target().model.get_output_embeddings().weight
+            self._head = weight.detach() if self.draft_token_ids is None else weight.detach()[self.draft_token_ids]
+        return self._head
+
     # --- drafting -----------------------------------------------------------------------------
     def new_cache(self) -> DynamicCache:
         return DynamicCache()
@@ -175,11 +208,18 @@ class BlockDrafter(nn.Module, Drafter):
         positions = torch.arange(seen, anchor + num_tokens + 1, device=target.device)[None]
         hidden = self(position_ids=positions, noise_embedding=embedding, target_hidden=new_hidden, past_key_values=cache)
         cache.crop(-(num_tokens + 1))  # keep the context, drop the block
-        logits = target.model.get_output_embeddings()(hidden[0, 1:]).float()
+        logits = F.linear(hidden[0, 1:], self.draft_head()).float()
+        ids = self.draft_token_ids
         if sampler.greedy:
-            return Draft(logits.argmax(dim=-1))
+            best = logits.argmax(dim=-1)
+            return Draft(best if ids is None else ids[best])
         q = sampler.probs(logits)
-        return Draft(sampler.draw(q), q)
+        drawn = sampler.draw(q)
+        if ids is None:
+            return Draft(drawn, q)
+        # q over the full vocabulary: zero outside the draft vocabulary, so verification stays exact
+        full = torch.zeros(q.shape[0], self.config.vocab_size, dtype=q.dtype, device=q.device)
+        return Draft(ids[drawn], full.index_copy_(1, ids, q))
 
     # --- construction, binding, persistence ---------------------------------------------------
     @classmethod
@@ -238,8 +278,8 @@ class BlockDrafter(nn.Module, Drafter):
             problems.append(f"vocabulary {c.vocab_size} != target's {target.vocab_size}")
         if problems:
             raise ValueError(f"drafter does not match target {target.name!r}: " + "; ".join(problems))
-        self._target = target
-        return self.to(device=target.device, dtype=target.dtype).eval()
+        self._target, self._head = target, None
+        return self.to(device=target.device, dtype=target.dtype).eval()  # integer buffers keep their dtype
 
     def _bound_target(self) -> Target:
         if self._target is None:
@@ -250,7 +290,10 @@ class BlockDrafter(nn.Module, Drafter):
         """Write `config.json` and `model.safetensors` (each atomically) into folder `path`."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        weights = {name: t.detach().to("cpu", dtype).contiguous() for name, t in self.state_dict().items()}
+        weights = {
+            name: t.detach().to("cpu", dtype if t.is_floating_point() else t.dtype).contiguous()
+            for name, t in self.state_dict().items()
+        }
         tmp_weights = path / f".{WEIGHTS_FILE}.tmp"
         save_file(weights, str(tmp_weights), metadata={"format": "pt"})
         config = self.config.to_dict()

@@ -112,14 +112,20 @@ def shipped_drafters() -> list[str]:
 
 
 def default_drafter_name(target) -> str:
-    """The shipped block drafter trained for `target` (named `<target>-block`)."""
-    name, shipped = f"{target.name}-block", shipped_drafters()
-    if name not in shipped:
+    """The newest shipped block drafter trained for `target`: `<target>-block-vN` with the highest N
+    (`<target>-block` is version 1). Older versions stay loadable by name."""
+    base, shipped = f"{target.name}-block", shipped_drafters()
+    versions = {1: base} if base in shipped else {}
+    for name in shipped:
+        suffix = name.removeprefix(f"{base}-v")
+        if name != suffix and suffix.isdigit():
+            versions[int(suffix)] = name
+    if not versions:
         raise FileNotFoundError(
             f"no shipped drafter for target {target.name!r} (shipped: {shipped}); "
             "train one with experiments/train_drafter.py or pass a drafter name or folder"
         )
-    return name
+    return versions[max(versions)]
 
 
 def load_drafter(path_or_name: str, target, **options) -> Drafter:

@@ -23,13 +23,54 @@ from bp_rl.block_drafter import BlockDrafter
 
 @dataclass
 class BlockBatch:
-    """Packed blocks of one sequence: (num_blocks * max_block) query slots."""
+    """Packed blocks of one sequence: Q query slots, the blocks' slots one block after another."""
 
     input_ids: torch.Tensor  # (Q,) anchor tokens and mask tokens
     position_ids: torch.Tensor  # (ctx + Q,) context positions then block positions
     attention_mask: torch.Tensor  # (Q, ctx + Q) bool, True = may attend
     labels: torch.Tensor  # (Q,) target token per slot, -100 where there is none
     weights: torch.Tensor  # (Q,) loss weight per slot (0 where there is no label)
+    offsets: torch.Tensor  # (Q,) slot index inside its block (0: the anchor)
+
+    @property
+    def label_positions(self) -> torch.Tensor:
+        """(Q,) the sequence position whose next-token distribution each slot's label is (label pos - 1)."""
+        return self.position_ids[-len(self.labels) :] - 1
+
+
+def layout_blocks(
+    tokens: torch.Tensor, anchors: torch.Tensor, sizes: torch.Tensor, max_block: int, mask_token_id: int, decay: float = 7.0
+) -> BlockBatch:
+    """Lay out one block per anchor (anchor token, then masks; `sizes` slots) for one packed pass.
+
+    Each block sees the target states of positions before its anchor and, bidirectionally, its own
+    slots, exactly as at decoding time; slot p is labelled with the token at anchor + p.
+    """
+    length, num_blocks = len(tokens), len(anchors)
+    offset = torch.arange(max_block)
+    slot_pos = anchors[:, None] + offset[None, :]  # (n, max_block) absolute positions
+    real = offset[None, :] < sizes[:, None]  # slot inside its block
+    has_label = real & (offset[None, :] > 0) & (slot_pos < length)
+
+    input_ids = torch.full((num_blocks, max_block), mask_token_id, dtype=torch.long)
+    input_ids[:, 0] = tokens[anchors]
+    labels = torch.full((num_blocks, max_block), -100, dtype=torch.long)
+    labels[has_label] = tokens[slot_pos[has_label]]
+    weights = torch.exp(-(offset.float() - 1).clamp_min(0) / decay)[None, :].expand(num_blocks, -1) * has_label
+
+    # only the slots inside their block are laid out: no compute on padding
+    keep = real.reshape(-1)
+    block_of = torch.arange(num_blocks).repeat_interleave(max_block)[keep]  # (Q,)
+    ctx_visible = torch.arange(length)[None, :] < anchors[block_of][:, None]  # (Q, ctx)
+    mask = torch.cat([ctx_visible, block_of[:, None] == block_of[None, :]], dim=1)
+    return BlockBatch(
+        input_ids=input_ids.reshape(-1)[keep],
+        position_ids=torch.cat([torch.arange(length), slot_pos.reshape(-1)[keep]]),
+        attention_mask=mask,
+        labels=labels.reshape(-1)[keep],
+        weights=weights.reshape(-1)[keep],
+        offsets=offset.repeat(num_blocks)[keep],
+    )
 
 
 def sample_blocks(
@@ -42,80 +83,111 @@ def sample_blocks(
     min_block: int = 2,
     decay: float = 7.0,
 ) -> BlockBatch:
-    """Draw `num_blocks` anchors and block sizes for one sequence and lay them out for one pass.
+    """Draw up to `num_blocks` distinct anchors and random block sizes for one sequence.
 
-    Anchors are drawn from [max(1, loss_start - 1), len - 2], so every block has context before
-    it and at least one label (the first label is the token at `loss_start` at the earliest).
+    Anchors come from [max(1, loss_start - 1), len - 2], so every block has context before it and
+    at least one label (the first label is the token at `loss_start` at the earliest).
     """
     length = len(tokens)
     low = max(1, loss_start - 1)
     if low > length - 2:
         raise ValueError(f"sequence of {length} tokens has no room for a block after position {loss_start}")
-    anchors = torch.randint(low, length - 1, (num_blocks,), generator=generator)
-    sizes = torch.randint(min_block, max_block + 1, (num_blocks,), generator=generator)
-    offset = torch.arange(max_block)
-    slot_pos = anchors[:, None] + offset[None, :]  # (n, max_block) absolute positions
-    real = offset[None, :] < sizes[:, None]  # slot inside its block
-    has_label = real & (offset[None, :] > 0) & (slot_pos < length)
-
-    input_ids = torch.full((num_blocks, max_block), mask_token_id, dtype=torch.long)
-    input_ids[:, 0] = tokens[anchors]
-    labels = torch.full((num_blocks, max_block), -100, dtype=torch.long)
-    labels[has_label] = tokens[slot_pos[has_label]]
-    weights = torch.exp(-(offset.float() - 1).clamp_min(0) / decay)[None, :].expand(num_blocks, -1) * has_label
-
-    ctx_visible = torch.arange(length)[None, None, :] < anchors[:, None, None]  # (n, 1, ctx)
-    ctx_visible = ctx_visible.expand(-1, max_block, -1)
-    block_of = torch.arange(num_blocks).repeat_interleave(max_block)  # (Q,)
-    same_block = block_of[:, None] == block_of[None, :]
-    key_real = real.reshape(-1)[None, :]
-    # padding slots (beyond their block's size) see their own block only, so no row is empty
-    mask = torch.cat([ctx_visible.reshape(num_blocks * max_block, length) & real.reshape(-1, 1), same_block & key_real], dim=1)
-    return BlockBatch(
-        input_ids=input_ids.reshape(-1),
-        position_ids=torch.cat([torch.arange(length), slot_pos.reshape(-1)]),
-        attention_mask=mask,
-        labels=labels.reshape(-1),
-        weights=weights.reshape(-1),
-    )
+    anchors = low + torch.randperm(length - 1 - low, generator=generator)[:num_blocks]
+    sizes = torch.randint(min_block, max_block + 1, (len(anchors),), generator=generator)
+    return layout_blocks(tokens, anchors, sizes, max_block, mask_token_id, decay)
 
 
-def block_loss(
-    drafter: BlockDrafter,
-    embedding: torch.Tensor,
-    lm_head: torch.Tensor,
-    features: torch.Tensor,
-    batch: BlockBatch,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted cross-entropy of the drafter on one sequence's packed blocks.
+def every_anchor(tokens: torch.Tensor, loss_start: int, block_size: int, mask_token_id: int) -> BlockBatch:
+    """One block of `block_size` at every anchor of the continuation (the acceptance estimate's layout)."""
+    anchors = torch.arange(max(1, loss_start - 1), len(tokens) - 1)
+    return layout_blocks(tokens, anchors, torch.full_like(anchors, block_size), block_size, mask_token_id)
 
-    embedding, lm_head: the target's (frozen) input embedding and output head weights.
-    features: (ctx, len(target_layer_ids) * hidden) the target's states for the sequence.
-    Returns the loss and metrics: accuracy at the first drafted position and over all labels.
-    """
+
+class DraftVocabulary:
+    """Maps full-vocabulary token ids to rows of a drafter's (possibly reduced) LM head."""
+
+    def __init__(self, drafter: BlockDrafter, lm_head: torch.Tensor):
+        ids = drafter.draft_token_ids
+        self.head = lm_head.detach() if ids is None else lm_head.detach()[ids.to(lm_head.device)]
+        self.index = torch.arange(lm_head.shape[0]) if ids is None else torch.full((lm_head.shape[0],), -1, dtype=torch.long)
+        if ids is not None:
+            self.index[ids.cpu()] = torch.arange(len(ids))
+
+    def to_rows(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Head row of each token id, -1 where the token is outside the draft vocabulary."""
+        return self.index[token_ids.cpu()]
+
+
+def block_states(drafter: BlockDrafter, embedding: torch.Tensor, features: torch.Tensor, batch: BlockBatch) -> torch.Tensor:
+    """(Q, hidden) final drafter states of every slot of the packed blocks."""
     device, dtype = features.device, features.dtype
-    # the shared embedding and LM head stay frozen: no gradient reaches the target
+    # the shared embedding stays frozen: no gradient reaches the target
     noise = F.embedding(batch.input_ids.to(device), embedding.detach()).to(dtype)[None]
-    hidden = drafter(
+    return drafter(
         position_ids=batch.position_ids.to(device)[None],
         attention_mask=batch.attention_mask.to(device)[None, None],
         noise_embedding=noise,
         target_hidden=features[None],
     )[0]
-    labelled = batch.labels >= 0
-    logits = F.linear(hidden[labelled.to(device)], lm_head.detach().to(dtype)).float()
-    labels = batch.labels[labelled].to(device)
+
+
+def block_loss(
+    drafter: BlockDrafter,
+    embedding: torch.Tensor,
+    vocab: DraftVocabulary,
+    features: torch.Tensor,
+    batch: BlockBatch,
+    soft_labels: tuple[torch.Tensor, torch.Tensor] | None = None,
+    kl_weight: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted loss of the drafter on one sequence's packed blocks: (1 - kl_weight) x cross-entropy on
+    the target's tokens + kl_weight x cross-entropy against the target's top-k distribution (distillation).
+
+    features: (ctx, len(target_layer_ids) * hidden) the target's states for the sequence.
+    soft_labels: (topk_ids, topk_logits), each (ctx, k): the target's top-k next-token logits after each
+    position. Slots whose label lies outside the draft vocabulary are left out (the drafter cannot
+    propose it). Returns the loss and metrics: accuracy at the first drafted position and over all labels.
+    """
+    device = features.device
+    rows = vocab.to_rows(batch.labels.clamp_min(0))
+    labelled = (batch.labels >= 0) & (rows >= 0)
+    hidden = block_states(drafter, embedding, features, batch)[labelled.to(device)]
+    logits = F.linear(hidden, vocab.head.to(hidden.dtype)).float()
+    labels = rows[labelled].to(device)
     weights = batch.weights[labelled].to(device)
     per_token = F.cross_entropy(logits, labels, reduction="none")
-    loss = (per_token * weights).sum() / weights.sum()
+    if kl_weight > 0:
+        if soft_labels is None:
+            raise ValueError("kl_weight > 0 needs soft labels (the target's top-k logits)")
+        where = batch.label_positions[labelled]
+        top_rows = vocab.to_rows(soft_labels[0][where].reshape(-1)).view(len(where), -1)
+        top_logits = soft_labels[1][where].masked_fill(top_rows < 0, float("-inf"))
+        p = torch.softmax(top_logits, dim=-1).nan_to_num(0.0).to(device)  # the target's distribution, renormalised on the draft vocabulary
+        log_q = torch.log_softmax(logits, dim=-1).gather(1, top_rows.clamp_min(0).to(device))
+        per_token = (1 - kl_weight) * per_token - kl_weight * (p * log_q).sum(dim=-1)
+    loss = (per_token * weights).sum() / weights.sum().clamp_min(1e-8)
     with torch.no_grad():
         correct = logits.argmax(dim=-1) == labels
         first = weights == 1.0  # the first drafted position has weight exp(0)
         metrics = {
             "loss": float(loss.detach()),
-            "ce": float(per_token.mean()),
-            "acc": float(correct.float().mean()),
+            "acc": float(correct.float().mean()) if len(correct) else math.nan,
             "acc_first": float(correct[first].float().mean()) if first.any() else math.nan,
             "labels": int(labelled.sum()),
         }
     return loss, metrics
+
+
+@torch.no_grad()
+def estimated_acceptance(
+    drafter: BlockDrafter, embedding: torch.Tensor, vocab: DraftVocabulary, features: torch.Tensor, tokens: torch.Tensor, loss_start: int, block_size: int
+) -> list[int]:
+    """Acceptance length (1 + leading correct drafts) of a `block_size` block at every anchor of a greedy
+    continuation, from one packed pass: at temperature 0 this is exactly what a decoding cycle starting
+    at that anchor commits, as decoding is lossless (a cycle near the end is cut by the sequence end)."""
+    batch = every_anchor(tokens, loss_start, block_size, drafter.mask_token_id)
+    hidden = block_states(drafter, embedding, features, batch)
+    drafted = F.linear(hidden, vocab.head.to(hidden.dtype)).argmax(dim=-1).cpu()
+    rows = vocab.to_rows(batch.labels.clamp_min(0))
+    correct = ((drafted == rows) & (batch.labels >= 0)).view(-1, block_size)[:, 1:]
+    return (1 + correct.long().cumprod(dim=1).sum(dim=1)).tolist()

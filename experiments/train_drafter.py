@@ -30,17 +30,21 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from build_prompts import math_prompts  # the suite's own generator of arithmetic and word problems
 from bp_rl import BlockDrafter, Target, load_drafter, load_target, speculative_generate
 from bp_rl.block_drafter import spread_layer_ids
-from bp_rl.drafter_training import block_loss, sample_blocks
-from bp_rl.prompts import load_prompts, render_prompt
+from bp_rl.drafter_training import DraftVocabulary, block_loss, estimated_acceptance, sample_blocks
+from bp_rl.drafter_data import (
+    RegenPrompt, SequencePool, complete_shards, deduplicate, draft_vocabulary, offline_code_prompts, offline_prose_prompts, read_prompt_list,
+    regenerate, self_written_user_turns, write_prompt_list,
+)
+from bp_rl.prompts import chat_prompt, load_prompts, render_prompt
 from bp_rl.timing import device_name
 
-STAGES = ("data", "features", "train", "export")
-SEQUENCE_SETS = ("generated", "val", "text")  # "val" is for monitoring only
+STAGES = ("prompts", "regenerate", "train", "export")
 
 
-# --- 1. data ---------------------------------------------------------------------------------------
+# --- logs ----------------------------------------------------------------------------------------
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -72,41 +76,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
-def clean_torn_tail(path: Path) -> None:
-    """Drop a partial last line (a crash mid-write) so appends start on a fresh line."""
-    if path.exists() and not path.read_text().endswith("\n"):
-        write_jsonl(path, read_jsonl(path))
-
-
-def generate_sequences(cfg: DictConfig, target: Target, prompts, temperature: float, out: Path) -> None:
-    """Batched target generations for `prompts` at `temperature`, appended to `out` batch by batch."""
-    clean_torn_tail(out)
-    done = {r["id"] for r in read_jsonl(out)}
-    tag = f"t{temperature:g}"
-    tok = target.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else target.eos_token_ids[0]
-    todo = [(p, target.encode(render_prompt(p, tok)).tolist()) for p in prompts if f"{p.id}@{tag}" not in done]
-    todo.sort(key=lambda item: len(item[1]))  # similar lengths per batch: little padding
-    size = cfg.data.gen_batch_size
-    for start in tqdm(range(0, len(todo), size), desc=f"generate {out.stem} T={temperature:g}", unit="batch"):
-        batch, encoded = zip(*todo[start : start + size])
-        width = max(map(len, encoded))
-        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=target.device)  # left-padded
-        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=target.device)
-        torch.manual_seed(cfg.train.seed + start)
-        sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
-        with torch.inference_mode():
-            out_ids = target.model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=cfg.data.gen_max_new_tokens, pad_token_id=pad, **sampling
-            )
-        rows = []
-        for prompt, prompt_ids, full in zip(batch, encoded, out_ids.tolist()):
-            response = full[width:]
-            stops = [i for i, t in enumerate(response) if t in target.eos_token_ids]
-            response = response[: stops[0] + 1] if stops else response
-            tokens = (prompt_ids + response)[-cfg.data.seq_len :]
-            rows.append({"id": f"{prompt.id}@{tag}", "tokens": tokens, "loss_start": len(tokens) - len(response)})
-        append_jsonl(out, rows)
+# --- 1. prompts ------------------------------------------------------------------------------------
 
 
 def text_files_allowed(suite: str) -> list[Path]:
@@ -122,118 +92,73 @@ def text_files_allowed(suite: str) -> list[Path]:
     return files
 
 
-def text_sequences(cfg: DictConfig, target: Target, out: Path) -> None:
-    if out.exists():
-        return  # written atomically in one go, so it is either complete or absent
+def build_prompts(cfg: DictConfig, target: Target, work: Path) -> None:
+    """The regeneration manifests `prompts-train.jsonl` and `prompts-val.jsonl` (each written once, atomically).
+
+    Training: the suite's training split (greedy and sampled), user turns the target writes itself,
+    fresh problems from the suite's math generator, and continuation prompts cut from stdlib files no
+    val/test prompt came from; all deduplicated and none equal to a val/test prompt. Validation: greedy, the suite's val split, monitoring only.
+    """
+    train_path, val_path = work / "prompts-train.jsonl", work / "prompts-val.jsonl"
+    rng = random.Random(cfg.train.seed)
+    tok = target.tokenizer
+    held_out = [p.text for p in load_prompts(cfg.data.suite) if p.split != "train"]
+    if not val_path.exists():
+        val = load_prompts(cfg.data.suite, split="val")
+        val = val[:: max(1, len(val) // cfg.data.val_prompts)][: cfg.data.val_prompts]  # every category
+        write_prompt_list(val_path, [RegenPrompt(f"val/{p.id}", p.text, target.encode(render_prompt(p, tok)).tolist(), p.id) for p in val])
+    if train_path.exists():
+        return
+    suite = load_prompts(cfg.data.suite, split="train")[: cfg.data.max_train_prompts]
     files = text_files_allowed(cfg.data.suite)
-    random.Random(cfg.train.seed).shuffle(files)
-    stream: list[int] = []
-    rows = []
-    eos = target.eos_token_ids[:1]
-    wanted = math.ceil(cfg.data.text_tokens / cfg.data.seq_len)
-    for path in tqdm(files, desc="tokenise offline text", unit="file"):
-        stream += target.tokenizer(path.read_text(encoding="utf-8", errors="replace"), add_special_tokens=False)["input_ids"] + eos
-        while len(stream) >= cfg.data.seq_len and len(rows) < wanted:
-            rows.append({"id": f"text/{len(rows)}", "tokens": stream[: cfg.data.seq_len], "loss_start": 1})
-            stream = stream[cfg.data.seq_len :]
-        if len(rows) == wanted:
-            break
-    write_jsonl(out, rows)
+    rows: list[RegenPrompt] = []
+    for p in suite:
+        ids = target.encode(render_prompt(p, tok)).tolist()
+        rows += [RegenPrompt(f"suite/{p.id}@t{t:g}", p.text, ids, p.id, float(t)) for t in cfg.data.suite_temperatures]
+    extra: list[RegenPrompt] = []
+    for i, text in enumerate(self_written_user_turns(target, cfg.data.user_turns, cfg.train.seed, batch_size=cfg.data.gen_batch_size)):
+        extra.append(RegenPrompt(f"self/{i}", text, target.encode(chat_prompt(text, tok)).tolist(), "written by the target"))
+    for i, (text, source) in enumerate(offline_code_prompts(files, cfg.data.code_prompts, rng)):
+        extra.append(RegenPrompt(f"code/{i}", text, target.encode(text).tolist(), f"stdlib {source}"))
+    for i, (text, source) in enumerate(offline_prose_prompts(files, cfg.data.prose_prompts, rng)):
+        extra.append(RegenPrompt(f"prose/{i}", text, target.encode(text).tolist(), f"stdlib {source}"))
+    fresh_math = [q for _ in range(math.ceil(cfg.data.math_prompts / 160)) for q in math_prompts(rng)][: cfg.data.math_prompts]
+    for i, q in enumerate(fresh_math):  # the suite's own generator, new numbers (val/test texts are dropped below)
+        extra.append(RegenPrompt(f"math/{i}", q.text, target.encode(chat_prompt(q.text, tok)).tolist(), q.source))
+    for p in extra:  # a share of the extra prompts is sampled, for temperature-1 decoding
+        p.temperature = 1.0 if rng.random() < cfg.data.sampled_fraction else 0.0
+    rng.shuffle(extra)  # a run cut short still covers every source
+    rows = deduplicate(rows + extra, held_out)
+    rows = [p for p in rows if len(p.token_ids) + cfg.data.gen_max_new_tokens <= cfg.data.seq_len]
+    write_prompt_list(train_path, rows)
+    counts: dict[str, int] = {}
+    for p in rows:
+        key = p.id.split("/")[0] + f"@t{p.temperature:g}"
+        counts[key] = counts.get(key, 0) + 1
+    print(f"regeneration prompts: {len(rows)} {counts}")
 
 
-def build_data(cfg: DictConfig, target: Target, work: Path) -> None:
-    seq_dir = work / "sequences"
-    seq_dir.mkdir(parents=True, exist_ok=True)
-    train_prompts = load_prompts(cfg.data.suite, split="train")[: cfg.data.max_train_prompts]
-    for temperature in cfg.data.gen_temperatures:
-        generate_sequences(cfg, target, train_prompts, float(temperature), seq_dir / "generated.jsonl")
-    val_prompts = load_prompts(cfg.data.suite, split="val")
-    val_prompts = val_prompts[:: max(1, len(val_prompts) // cfg.data.val_prompts)][: cfg.data.val_prompts]  # all categories
-    generate_sequences(cfg, target, val_prompts, 0.0, seq_dir / "val.jsonl")
-    text_sequences(cfg, target, seq_dir / "text.jsonl")
-    for name in SEQUENCE_SETS:
-        rows = read_jsonl(seq_dir / f"{name}.jsonl")
-        print(f"{name}: {len(rows)} sequences, {sum(len(r['tokens']) for r in rows)} tokens")
-
-
-# --- 2. features -----------------------------------------------------------------------------------
+# --- 2. regenerate ---------------------------------------------------------------------------------
 
 
 def feature_layer_ids(cfg: DictConfig, target: Target) -> list[int]:
     return spread_layer_ids(target.num_layers, cfg.features.num_target_layers)
 
 
-def complete_shards(feature_dir: Path, name: str) -> list[dict]:
-    metas = sorted(feature_dir.glob(f"{name}-*.json"))
-    return [json.loads(m.read_text()) | {"stem": m.stem} for m in metas]
-
-
-def build_features(cfg: DictConfig, target: Target, work: Path) -> None:
-    feature_dir = work / "features"
-    feature_dir.mkdir(parents=True, exist_ok=True)
-    layer_ids = feature_layer_ids(cfg, target)
-    for name in SEQUENCE_SETS:
-        rows = read_jsonl(work / "sequences" / f"{name}.jsonl")
-        shards = complete_shards(feature_dir, name)
-        start = shards[-1]["end"] if shards else 0
-        with tqdm(total=sum(len(r["tokens"]) for r in rows[start:]), desc=f"features {name}", unit="tok", unit_scale=True) as bar:
-            while start < len(rows):
-                end, tokens = start, 0
-                while end < len(rows) and tokens < cfg.features.shard_tokens:
-                    tokens += len(rows[end]["tokens"])
-                    end += 1
-                write_shard(cfg, target, rows[start:end], layer_ids, feature_dir / f"{name}-{len(shards):05d}", start, end)
-                shards.append({"end": end})
-                bar.update(tokens)
-                start = end
-
-
-def write_shard(cfg, target: Target, rows: list[dict], layer_ids: list[int], stem: Path, start: int, end: int) -> None:
-    """Target states for `rows`, concatenated; the .json meta is written last and marks completion."""
-    features: list[np.ndarray | None] = [None] * len(rows)
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["tokens"]))
-    for b in range(0, len(order), cfg.features.batch_size):
-        idx = order[b : b + cfg.features.batch_size]
-        width = max(len(rows[i]["tokens"]) for i in idx)
-        ids = torch.tensor([rows[i]["tokens"] + [0] * (width - len(rows[i]["tokens"])) for i in idx], device=target.device)
-        mask = (torch.arange(width)[None, :] < torch.tensor([len(rows[i]["tokens"]) for i in idx])[:, None]).to(target.device)
-        with torch.inference_mode():
-            out = target.model.base_model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
-        states = torch.cat([out.hidden_states[layer + 1] for layer in layer_ids], dim=-1)
-        for j, i in enumerate(idx):
-            features[i] = states[j, : len(rows[i]["tokens"])].to(torch.float16).cpu().numpy()
-    offsets = np.cumsum([0] + [len(r["tokens"]) for r in rows])
-    np.save(f"{stem}.features.tmp.npy", np.concatenate(features))
-    np.save(f"{stem}.tokens.tmp.npy", np.concatenate([np.asarray(r["tokens"], dtype=np.int32) for r in rows]))
-    os.replace(f"{stem}.features.tmp.npy", f"{stem}.features.npy")
-    os.replace(f"{stem}.tokens.tmp.npy", f"{stem}.tokens.npy")
-    meta = {"start": start, "end": end, "layer_ids": layer_ids, "offsets": offsets.tolist(), "loss_starts": [r["loss_start"] for r in rows]}
-    Path(f"{stem}.json.tmp").write_text(json.dumps(meta))
-    os.replace(f"{stem}.json.tmp", f"{stem}.json")
-
-
-class SequencePool:
-    """All feature shards of one sequence set, memory-mapped; yields (tokens, features, loss_start)."""
-
-    def __init__(self, feature_dir: Path, name: str, layer_ids: list[int]):
-        self.items = []
-        for meta in complete_shards(feature_dir, name):
-            if meta["layer_ids"] != layer_ids:
-                raise ValueError(f"feature shard {meta['stem']} was built for layers {meta['layer_ids']}, not {layer_ids}")
-            feats = np.load(feature_dir / f"{meta['stem']}.features.npy", mmap_mode="r")
-            toks = np.load(feature_dir / f"{meta['stem']}.tokens.npy", mmap_mode="r")
-            offs = meta["offsets"]
-            for k, loss_start in enumerate(meta["loss_starts"]):
-                if offs[k + 1] - offs[k] - loss_start >= 1:  # at least one label
-                    self.items.append((toks, feats, offs[k], offs[k + 1], loss_start))
-        self.tokens = sum(e - s for _, _, s, e, _ in self.items)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def get(self, i: int, device: torch.device):
-        toks, feats, s, e, loss_start = self.items[i]
-        return torch.from_numpy(np.asarray(toks[s:e], dtype=np.int64)), torch.from_numpy(np.asarray(feats[s:e], dtype=np.float32)).to(device), loss_start
+def build_regenerations(cfg: DictConfig, target: Target, work: Path) -> None:
+    """The target's continuations of every manifest prompt, with its states and top-k logits (sharded)."""
+    if not (work / "prompts-train.jsonl").exists():
+        raise FileNotFoundError(f"no prompt manifest under {work}: run stage=prompts first")
+    options = dict(
+        max_new_tokens=cfg.data.gen_max_new_tokens, layer_ids=feature_layer_ids(cfg, target), top_k=cfg.data.top_k,
+        batch_size=cfg.data.gen_batch_size, shard_sequences=cfg.data.shard_sequences, seed=cfg.train.seed,
+    )
+    shard_dir = work / "shards"
+    regenerate(target, read_prompt_list(work / "prompts-val.jsonl"), shard_dir, "val", **options)
+    regenerate(target, read_prompt_list(work / "prompts-train.jsonl"), shard_dir, "train", max_minutes=cfg.data.max_minutes, **options)
+    for name in ("train", "val"):
+        pool = SequencePool(shard_dir, name, options["layer_ids"])
+        print(f"{name}: {len(pool)} sequences, {pool.tokens:,} tokens, {pool.new_tokens:,} written by the target")
 
 
 # --- 3. train --------------------------------------------------------------------------------------
@@ -258,27 +183,54 @@ def lr_at(step: int, cfg: DictConfig) -> float:
     return cfg.train.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def evaluate(drafter: BlockDrafter, target: Target, cfg: DictConfig, val_pool: SequencePool) -> dict:
-    """Validation loss on val generations and real acceptance at block 16 on val prompts."""
+def build_drafter(cfg: DictConfig, target: Target, train_pool: SequencePool) -> BlockDrafter:
+    """A fresh drafter of the configured shape, its draft vocabulary cut from the training continuations."""
+    drafter = BlockDrafter.for_target(
+        target, num_layers=cfg.drafter.num_layers, block_size=cfg.drafter.block_size,
+        target_layer_ids=feature_layer_ids(cfg, target), seed=cfg.train.seed,
+    ).float()
+    if cfg.drafter.draft_vocab_size:
+        counts = train_pool.token_frequencies(target.vocab_size)
+        drafter.set_draft_vocabulary(draft_vocabulary(counts, cfg.drafter.draft_vocab_size, always=target.eos_token_ids))
+    return drafter
+
+
+def warm_start(drafter: BlockDrafter, source: str, target: Target) -> None:
+    """Layers from a trained drafter of the same shape; the draft vocabulary stays this run's own."""
+    warm = load_drafter(source, target)
+    if warm.target_layer_ids != drafter.target_layer_ids or len(warm.layers) != len(drafter.layers):
+        raise ValueError(f"drafter.init_from {source!r} has another shape than drafter.* asks for")
+    weights = {k: v for k, v in warm.state_dict().items() if k != "draft_token_ids"}
+    missing, unexpected = drafter.load_state_dict(weights, strict=False)
+    if unexpected or set(missing) - {"draft_token_ids"}:
+        raise ValueError(f"drafter.init_from {source!r}: missing {missing}, unexpected {unexpected}")
+
+
+def evaluate(drafter: BlockDrafter, target: Target, cfg: DictConfig, val_pool: SequencePool, decode: bool) -> dict:
+    """Validation loss, and acceptance at the largest block estimated on every anchor of the val
+    continuations in one packed pass each; with `decode`, also measured by real decoding on val prompts."""
     generator = torch.Generator().manual_seed(1234)
-    weight = target.model.get_output_embeddings().weight
     embedding = target.model.get_input_embeddings().weight
-    metrics = []
+    vocab = DraftVocabulary(drafter, target.model.get_output_embeddings().weight)
+    block = drafter.max_block_size
+    metrics, lengths = [], []
     with torch.no_grad():
         for i in range(len(val_pool)):
-            tokens, feats, loss_start = val_pool.get(i, target.device)
-            batch = sample_blocks(tokens, loss_start, cfg.train.blocks_per_seq, cfg.train.block_size, drafter.mask_token_id, generator, decay=cfg.train.loss_decay)
-            metrics.append(block_loss(drafter, embedding, weight, feats, batch)[1])
-    result = {f"val_{k}": float(np.nanmean([m[k] for m in metrics])) for k in ("loss", "ce", "acc", "acc_first")}
-    copy = BlockDrafter(drafter.config)
-    copy.load_state_dict(drafter.state_dict())
-    copy.bind(target)
-    prompts = load_prompts(cfg.data.suite, split="val")[: cfg.train.eval_prompts]
-    lengths = []
-    for prompt in prompts:
-        out = speculative_generate(target, copy, render_prompt(prompt, target.tokenizer), drafter.max_block_size, max_new_tokens=cfg.train.eval_new_tokens)
-        lengths += out.stats.acceptance_lengths
-    result[f"val_acceptance_b{drafter.max_block_size}"] = sum(lengths) / len(lengths)
+            seq = val_pool.get(i, target.device)
+            batch = sample_blocks(seq.tokens, seq.loss_start, cfg.train.blocks_per_seq, cfg.train.block_size, drafter.mask_token_id, generator, decay=cfg.train.loss_decay)
+            metrics.append(block_loss(drafter, embedding, vocab, seq.features, batch)[1])
+            lengths += estimated_acceptance(drafter, embedding, vocab, seq.features, seq.tokens, seq.loss_start, block)
+    result = {f"val_{k}": float(np.nanmean([m[k] for m in metrics])) for k in ("loss", "acc", "acc_first")}
+    result[f"val_est_acceptance_b{block}"] = float(np.mean(lengths))
+    if decode:
+        copy = BlockDrafter(drafter.config)
+        copy.load_state_dict(drafter.state_dict())
+        copy.bind(target)
+        decoded = []
+        for prompt in load_prompts(cfg.data.suite, split="val")[:: max(1, 128 // cfg.train.eval_prompts)][: cfg.train.eval_prompts]:
+            out = speculative_generate(target, copy, render_prompt(prompt, target.tokenizer), block, max_new_tokens=cfg.train.eval_new_tokens)
+            decoded += out.stats.acceptance_lengths
+        result[f"val_acceptance_b{block}"] = sum(decoded) / len(decoded)
     return result
 
 
@@ -286,20 +238,15 @@ def train(cfg: DictConfig, target: Target, work: Path) -> None:
     if cfg.train.block_size > cfg.drafter.block_size:
         raise ValueError(f"train.block_size ({cfg.train.block_size}) exceeds drafter.block_size ({cfg.drafter.block_size})")
     layer_ids = feature_layer_ids(cfg, target)
-    feature_dir = work / "features"
-    pools = {name: SequencePool(feature_dir, name, layer_ids) for name in SEQUENCE_SETS}
-    if not len(pools["generated"]) and not len(pools["text"]):
-        raise RuntimeError(f"no training features under {feature_dir}: run stage=data and stage=features first")
-    print({name: f"{len(p)} sequences / {p.tokens} tokens" for name, p in pools.items()})
+    shard_dir = work / "shards"
+    pools = {name: SequencePool(shard_dir, name, layer_ids) for name in ("train", "val")}
+    if not len(pools["train"]):
+        raise RuntimeError(f"no training sequences under {shard_dir}: run stage=prompts and stage=regenerate first")
+    print({name: f"{len(p)} sequences / {p.new_tokens:,} target tokens" for name, p in pools.items()})
 
-    drafter = BlockDrafter.for_target(
-        target, num_layers=cfg.drafter.num_layers, block_size=cfg.drafter.block_size, target_layer_ids=layer_ids, seed=cfg.train.seed
-    ).float()
+    drafter = build_drafter(cfg, target, pools["train"])
     if cfg.drafter.init_from:
-        warm = load_drafter(cfg.drafter.init_from, target)
-        if warm.target_layer_ids != drafter.target_layer_ids or len(warm.layers) != len(drafter.layers):
-            raise ValueError(f"drafter.init_from {cfg.drafter.init_from!r} has another shape than drafter.* asks for")
-        drafter.load_state_dict(warm.state_dict())
+        warm_start(drafter, cfg.drafter.init_from, target)
     elif cfg.drafter.init_from_target:
         init_from_target_layers(drafter, target)
     for p in target.model.parameters():
@@ -321,8 +268,8 @@ def train(cfg: DictConfig, target: Target, work: Path) -> None:
     state.setdefault("device", device_name(target.device))
     rng = random.Random(cfg.train.seed + state["step"])
     generator = torch.Generator().manual_seed(cfg.train.seed + state["step"])
-    weight = target.model.get_output_embeddings().weight
     embedding = target.model.get_input_embeddings().weight
+    vocab = DraftVocabulary(drafter, target.model.get_output_embeddings().weight)
     deadline = time.monotonic() + 60 * cfg.train.max_minutes if cfg.train.max_minutes else math.inf
 
     def save() -> None:
@@ -340,12 +287,10 @@ def train(cfg: DictConfig, target: Target, work: Path) -> None:
         optimizer.zero_grad(set_to_none=True)
         step_metrics = []
         for _ in range(cfg.train.seqs_per_step):
-            use_generated = len(pools["generated"]) and (not len(pools["text"]) or rng.random() < cfg.train.generated_fraction)
-            pool = pools["generated"] if use_generated else pools["text"]
-            tokens, feats, loss_start = pool.get(rng.randrange(len(pool)), target.device)
-            batch = sample_blocks(tokens, loss_start, cfg.train.blocks_per_seq, cfg.train.block_size, drafter.mask_token_id,
+            seq = pools["train"].get(rng.randrange(len(pools["train"])), target.device)
+            batch = sample_blocks(seq.tokens, seq.loss_start, cfg.train.blocks_per_seq, cfg.train.block_size, drafter.mask_token_id,
                                   generator, min_block=cfg.train.min_block, decay=cfg.train.loss_decay)
-            loss, metrics = block_loss(drafter, embedding, weight, feats, batch)
+            loss, metrics = block_loss(drafter, embedding, vocab, seq.features, batch, (seq.topk_ids, seq.topk_logits), cfg.train.kl_weight)
             (loss / cfg.train.seqs_per_step).backward()
             step_metrics.append(metrics)
         torch.nn.utils.clip_grad_norm_(drafter.parameters(), cfg.train.grad_clip)
@@ -359,10 +304,11 @@ def train(cfg: DictConfig, target: Target, work: Path) -> None:
                         tok_s=f"{labels / (time.perf_counter() - started):.0f}")
         bar.update()
         record = {"step": state["step"], "label_tokens": state["label_tokens"], "seconds": round(state["seconds"], 1), "lr": lr_at(state["step"] - 1, cfg),
-                  "loss": loss_now, "acc": float(np.mean([m["acc"] for m in step_metrics]))}
-        if state["step"] % cfg.train.eval_every == 0 or state["step"] == cfg.train.steps:
+                  "loss": loss_now, "acc": float(np.nanmean([m["acc"] for m in step_metrics]))}
+        last = state["step"] == cfg.train.steps
+        if state["step"] % cfg.train.eval_every == 0 or last:
             drafter.eval()
-            record |= evaluate(drafter, target, cfg, pools["val"])
+            record |= evaluate(drafter, target, cfg, pools["val"], decode=last or state["step"] % cfg.train.decode_every == 0)
             drafter.train()
             tqdm.write(json.dumps(record))
         if state["step"] % cfg.train.checkpoint_every == 0 or "val_loss" in record:
@@ -380,46 +326,86 @@ def export(cfg: DictConfig, target: Target, work: Path) -> None:
     if not checkpoint.exists():
         raise FileNotFoundError(f"no checkpoint at {checkpoint}: run stage=train first")
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    drafter = BlockDrafter.for_target(target, num_layers=cfg.drafter.num_layers, block_size=cfg.drafter.block_size,
-                                      target_layer_ids=feature_layer_ids(cfg, target))
+    pools = {name: SequencePool(work / "shards", name, feature_layer_ids(cfg, target)) for name in ("train", "val")}
+    drafter = build_drafter(cfg, target, pools["train"])
     drafter.load_state_dict(saved["drafter"])
     path = drafter.save(hydra.utils.to_absolute_path(cfg.export.path))
-    log = read_jsonl(work / "train_log.jsonl")
-    evals = [r for r in log if "val_loss" in r]
-    data = {name: read_jsonl(work / "sequences" / f"{name}.jsonl") for name in SEQUENCE_SETS}
-    card = render_model_card(cfg, target, drafter, saved["state"], evals, data)
-    (path / "README.md").write_text(card)
+    evals = [r for r in read_jsonl(work / "train_log.jsonl") if "val_loss" in r]
+    (path / "README.md").write_text(render_model_card(cfg, target, drafter, saved["state"], evals, pools, work))
     print(f"exported to {path}")
 
 
-def render_model_card(cfg, target, drafter, state, evals, data) -> str:
+def source_counts(pool: SequencePool, manifest: list[RegenPrompt]) -> dict[str, tuple[int, int]]:
+    """(sequences, target-written tokens) per prompt source and temperature, over the regenerated shards."""
+    kind = {p.id: f"{p.id.split('/')[0]} T={p.temperature:g}" for p in manifest}
+    counts: dict[str, list[int]] = {}
+    for meta in complete_shards(pool.shard_dir, "train"):
+        offsets = meta["offsets"]
+        for j, (pid, loss_start) in enumerate(zip(meta["ids"], meta["loss_starts"])):
+            entry = counts.setdefault(kind.get(pid, "unknown"), [0, 0])
+            entry[0] += 1
+            entry[1] += offsets[j + 1] - offsets[j] - loss_start
+    return {k: (v[0], v[1]) for k, v in sorted(counts.items())}
+
+
+SOURCE_NAMES = {
+    "suite": "the suite's training-split prompts (HumanEval train problems, math, chat, prose)",
+    "self": "user turns written by the target itself (chat template's user prefix, sampled, deduplicated)",
+    "math": "fresh problems from the suite's math generator (val/test texts excluded)",
+    "code": "stdlib function signatures + docstrings (PSF-2.0; files behind val/test prompts excluded)",
+    "prose": "stdlib docstring paragraphs cut mid-way (PSF-2.0; same exclusion)",
+}
+
+
+def render_model_card(cfg, target, drafter, state, evals, pools, work: Path) -> str:
     params = sum(p.numel() for p in drafter.parameters())
+    block = drafter.max_block_size
     curve = "\n".join(
-        f"| {r['step']} | {r['label_tokens']:,} | {r['val_loss']:.3f} | {r['val_acc_first']:.3f} | {r[f'val_acceptance_b{drafter.max_block_size}']:.2f} |"
-        for r in evals
+        f"| {r['step']} | {r['label_tokens']:,} | {r['seconds'] / 3600:.2f} | {r['val_loss']:.3f} | {r['val_acc_first']:.3f} | "
+        f"{r[f'val_est_acceptance_b{block}']:.2f} | {r[f'val_acceptance_b{block}']:.2f} |".replace("| nan |", "| - |")
+        for r in ({f"val_acceptance_b{block}": math.nan} | e for e in evals)
     )
-    tokens = {name: sum(len(r["tokens"]) for r in rows) for name, rows in data.items()}
+    sources = "\n".join(
+        f"| {kind} | {SOURCE_NAMES.get(kind.split()[0], kind)} | {n:,} | {tokens:,} |"
+        for kind, (n, tokens) in source_counts(pools["train"], read_prompt_list(work / "prompts-train.jsonl")).items()
+    )
+    vocab = (f"the {drafter.draft_vocab_size:,} tokens the target wrote most often in the training continuations "
+             f"(stored as `draft_token_ids`)" if drafter.draft_token_ids is not None else "the full vocabulary")
     return f"""# {Path(cfg.export.path).name}: block drafter for `{target.name}`
 
 Architecture: DFlash-style block drafter (`bp_rl.BlockDrafter`), {drafter.config.num_hidden_layers} Qwen3-style layers,
 hidden {drafter.config.hidden_size}, {params / 1e6:.1f}M parameters (fp16), reading target layers
-{list(drafter.target_layer_ids)}, block size up to {drafter.max_block_size}, mask token {drafter.mask_token_id};
-embedding and LM head are the target's own. Initialised from: {cfg.drafter.init_from or ("the target's top layers" if cfg.drafter.init_from_target else "random")}.
+{list(drafter.target_layer_ids)}, block size up to {block}, mask token {drafter.mask_token_id}; embedding
+and LM head are the target's own; it drafts over {vocab}. Initialised from:
+{cfg.drafter.init_from or ("the target's top layers" if cfg.drafter.init_from_target else "random")}.
 
-Data (training split of prompt suite `{cfg.data.suite}` and offline text only):
-- target generations on training prompts at temperatures {list(cfg.data.gen_temperatures)}: {len(data['generated'])} sequences, {tokens['generated']:,} tokens;
-- Python standard library source (files behind val/test prompts excluded): {len(data['text'])} sequences, {tokens['text']:,} tokens;
-- monitoring only: greedy generations on {len(data['val'])} validation prompts.
+## Data
+Every label is the target's own continuation (greedy, or sampled at T=1), {cfg.data.gen_max_new_tokens} new tokens at
+most, with the target's hidden states and top-{cfg.data.top_k} logits kept from the same passes. Nothing comes from
+val/test prompts or from the stdlib files a val/test prose prompt was cut from.
 
-Training: {state['step']} steps, {state['label_tokens']:,} labelled block positions, {state['seconds'] / 60:.1f} min of training
-on {state.get('device', 'unknown device')}; AdamW lr {cfg.train.lr}, {cfg.train.seqs_per_step} sequences x {cfg.train.blocks_per_seq} blocks per step,
-random block sizes {cfg.train.min_block}-{cfg.train.block_size}, loss weight exp(-(p-1)/{cfg.train.loss_decay}).
+| source | what | sequences | target-written tokens |
+|---|---|---:|---:|
+{sources}
 
-Learning curve (loss and accuracy on the validation generations; acceptance = tokens per verify pass at
-block {drafter.max_block_size}, greedy, on the first {cfg.train.eval_prompts} validation-split prompts of the suite file):
+Total: {len(pools['train']):,} sequences, {pools['train'].new_tokens:,} target-written tokens ({pools['train'].tokens:,} with prompts).
+Monitoring only (never trained on): greedy continuations of {len(pools['val'])} val-split prompts.
 
-| step | labelled tokens | val loss | val first-position accuracy | val acceptance |
-|---:|---:|---:|---:|---:|
+## Recipe
+{state['step']} steps, {state['label_tokens']:,} labelled block positions, {state['seconds'] / 60:.1f} min of training on
+{state.get('device', 'unknown device')}; AdamW lr {cfg.train.lr} (warmup {cfg.train.warmup_steps}, cosine to 10%),
+{cfg.train.seqs_per_step} sequences x {cfg.train.blocks_per_seq} distinct anchors per step, random block sizes
+{cfg.train.min_block}-{cfg.train.block_size}, loss weight exp(-(p-1)/{cfg.train.loss_decay}) at block position p,
+loss (1 - {cfg.train.kl_weight}) x cross-entropy on the target's token + {cfg.train.kl_weight} x cross-entropy against the
+target's top-{cfg.data.top_k} distribution.
+
+## Learning curve
+On the val continuations: loss, first-position accuracy, and acceptance at block {block} (tokens per verify pass,
+bonus included) estimated at every anchor in one packed pass; "decoded" is real greedy decoding of
+{cfg.train.eval_prompts} val prompts ({cfg.train.eval_new_tokens} new tokens).
+
+| step | labelled positions | CPU hours | val loss | val first-position acc | est. acceptance | decoded acceptance |
+|---:|---:|---:|---:|---:|---:|---:|
 {curve}
 
 Reproduce: `python experiments/train_drafter.py` (see `experiments/conf/train_drafter.yaml`).
@@ -436,7 +422,7 @@ def main(cfg: DictConfig) -> None:
     torch.manual_seed(cfg.train.seed)
     target = load_target(cfg.target, device=cfg.device)
     for stage in stages:
-        {"data": build_data, "features": build_features, "train": train, "export": export}[stage](cfg, target, work)
+        {"prompts": build_prompts, "regenerate": build_regenerations, "train": train, "export": export}[stage](cfg, target, work)
 
 
 if __name__ == "__main__":

@@ -154,3 +154,46 @@ def test_config_without_dflash_keys_is_rejected():
 def test_no_shipped_drafter_for_an_unknown_target(tiny_target):
     with pytest.raises(FileNotFoundError, match="no shipped drafter for target 'tiny-"):
         load_drafter("default", tiny_target)
+
+
+# --- reduced draft vocabulary ---------------------------------------------------------------------
+
+
+def reduced_drafter(target, ids, seed=3):
+    return BlockDrafter.for_target(target, num_layers=2, seed=seed).set_draft_vocabulary(torch.tensor(ids))
+
+
+def test_reduced_vocabulary_drafts_only_its_tokens_and_decodes_losslessly(tiny_target):
+    from bp_rl import autoregressive_generate
+
+    drafter = reduced_drafter(tiny_target, list(range(0, 64, 3)))
+    assert drafter.draft_vocab_size == 22 and drafter.draft_head().shape == (22, 32)
+    prompt = [5, 6, 7, 8]
+    expected = autoregressive_generate(tiny_target, prompt, max_new_tokens=30, stop_token_ids=[]).token_ids
+    for block_size in (2, 4, 16):
+        assert speculative_generate(tiny_target, drafter, prompt, block_size, max_new_tokens=30, stop_token_ids=[]).token_ids == expected
+    from bp_rl import DraftContext, Sampler
+
+    decoder_context = DraftContext(torch.tensor(prompt), torch.zeros(1, 3, len(drafter.target_layer_ids) * 32), drafter.new_cache())
+    draft = drafter.propose(decoder_context, 6, Sampler.create(1.0, 0, 1.0, 0, tiny_target.device))
+    assert all(int(t) % 3 == 0 for t in draft.tokens)
+    assert draft.probs.shape == (6, 64) and torch.allclose(draft.probs.sum(-1), torch.ones(6))
+    assert (draft.probs[:, [i for i in range(64) if i % 3]] == 0).all()  # q is zero outside the draft vocabulary
+
+
+def test_reduced_vocabulary_survives_save_and_load(tiny_target, tmp_path):
+    drafter = reduced_drafter(tiny_target, [1, 4, 9, 16, 25])
+    drafter.save(tmp_path / "d")
+    assert json.loads((tmp_path / "d" / "config.json").read_text())["dflash_config"]["draft_vocab_size"] == 5
+    loaded = load_drafter(str(tmp_path / "d"), tiny_target)
+    assert loaded.draft_token_ids.tolist() == [1, 4, 9, 16, 25] and loaded.draft_token_ids.dtype == torch.long
+    prompt = [5, 6, 7, 8]
+    a = speculative_generate(tiny_target, drafter, prompt, 8, max_new_tokens=12, temperature=1.0, seed=0)
+    b = speculative_generate(tiny_target, loaded, prompt, 8, max_new_tokens=12, temperature=1.0, seed=0)
+    assert a.stats.acceptance_lengths == b.stats.acceptance_lengths
+
+
+@pytest.mark.parametrize("ids, message", [([3], "at least|>= 2"), ([0, 64], r"in \[0, 64\)"), ([-1, 2], r"in \[0, 64\)")])
+def test_bad_draft_vocabulary_is_rejected(tiny_target, ids, message):
+    with pytest.raises(ValueError, match=message):
+        reduced_drafter(tiny_target, ids)

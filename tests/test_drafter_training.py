@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from bp_rl import BlockDrafter
-from bp_rl.drafter_training import block_loss, sample_blocks
+from bp_rl import BlockDrafter, speculative_generate
+from bp_rl.drafter_training import DraftVocabulary, block_loss, estimated_acceptance, sample_blocks
 
 
 def target_features(target, tokens, layer_ids):
@@ -29,11 +29,14 @@ def test_packed_blocks_match_one_block_at_a_time(tiny_target):
             attention_mask=batch.attention_mask[None, None],
             noise_embedding=F.embedding(batch.input_ids, embedding)[None],
             target_hidden=feats[None],
-        )[0].view(6, 8, -1)
-    anchors = batch.position_ids[len(tokens) :].view(6, 8)[:, 0]
-    sizes = (batch.attention_mask[:, len(tokens) :].view(6, 8, 6, 8)[:, 0].sum(dim=(1, 2)))
-    for j in range(6):
-        a, b = int(anchors[j]), int(sizes[j])
+        )[0]
+    slots = batch.position_ids[len(tokens) :]
+    starts = (batch.offsets == 0).nonzero()[:, 0].tolist()
+    assert len(starts) == 6
+    for j, start in enumerate(starts):
+        end = starts[j + 1] if j + 1 < len(starts) else len(slots)
+        a, b = int(slots[start]), end - start
+        assert batch.input_ids[start] == tokens[a] and (batch.input_ids[start + 1 : end] == drafter.mask_token_id).all()
         block = torch.tensor([int(tokens[a])] + [drafter.mask_token_id] * (b - 1))
         with torch.no_grad():
             alone = drafter(
@@ -41,20 +44,24 @@ def test_packed_blocks_match_one_block_at_a_time(tiny_target):
                 noise_embedding=F.embedding(block, embedding)[None],
                 target_hidden=feats[None, :a],
             )[0]
-        torch.testing.assert_close(packed[j, :b], alone, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(packed[start:end], alone, rtol=1e-4, atol=1e-4)
 
 
 def test_labels_and_weights_follow_the_block():
     tokens = torch.arange(100, 130)
     batch = sample_blocks(tokens, 10, num_blocks=20, max_block=16, mask_token_id=0, generator=torch.Generator().manual_seed(2), decay=7.0)
-    slots = batch.position_ids[30:].view(20, 16)
-    labels, weights = batch.labels.view(20, 16), batch.weights.view(20, 16)
-    assert (slots[:, 0] >= 9).all() and (slots[:, 0] <= 28).all()  # anchors leave room for a label
-    assert (labels[:, 0] == -100).all()  # the anchor itself is given, not predicted
-    has = labels >= 0
-    assert (labels[has] == 100 + slots[has]).all()  # slot p predicts the token at anchor + p
-    assert torch.allclose(weights[has], torch.exp(-(torch.arange(16).expand(20, -1)[has] - 1) / 7.0))
-    assert (weights[~has] == 0).all()
+    slots = batch.position_ids[30:]
+    first = batch.offsets == 0  # each block's anchor slot
+    anchors = slots[first]
+    assert len(anchors) == 20 and len(set(anchors.tolist())) == 20  # distinct anchors
+    assert (anchors >= 9).all() and (anchors <= 28).all()  # anchors leave room for a label
+    assert (batch.labels[first] == -100).all()  # the anchor itself is given, not predicted
+    has = batch.labels >= 0
+    assert (batch.labels[has] == 100 + slots[has]).all()  # slot p predicts the token at anchor + p
+    assert (slots - anchors[first.long().cumsum(0) - 1] == batch.offsets).all()
+    assert torch.allclose(batch.weights[has], torch.exp(-(batch.offsets[has] - 1) / 7.0))
+    assert (batch.weights[~has] == 0).all()
+    assert (batch.label_positions[has] == slots[has] - 1).all()
 
 
 def test_sequence_without_room_for_a_block_is_rejected():
@@ -67,15 +74,72 @@ def test_a_few_steps_lower_the_loss(tiny_target):
     tokens = torch.randint(2, 64, (48,), generator=torch.Generator().manual_seed(3))
     feats = target_features(tiny_target, tokens, drafter.target_layer_ids)
     embedding = tiny_target.model.get_input_embeddings().weight
-    head = tiny_target.model.get_output_embeddings().weight
+    vocab = DraftVocabulary(drafter, tiny_target.model.get_output_embeddings().weight)
     optimizer = torch.optim.AdamW(drafter.parameters(), lr=3e-3)
     losses = []
     for step in range(30):
         batch = sample_blocks(tokens, 1, 8, 8, drafter.mask_token_id, torch.Generator().manual_seed(step % 3))
-        loss, _ = block_loss(drafter, embedding, head, feats, batch)
+        loss, _ = block_loss(drafter, embedding, vocab, feats, batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.7 * losses[0]
     assert all(p.grad is None for p in tiny_target.model.parameters())
+
+
+def greedy_sequence(target, prompt, new_tokens):
+    out = speculative_generate(target, None, prompt, 1, max_new_tokens=new_tokens, stop_token_ids=[])
+    return torch.tensor(prompt + out.token_ids)
+
+
+def overfit_drafter(target, tokens, loss_start, steps=60, draft_vocab=None):
+    """A tiny drafter trained on one greedy continuation: it accepts often, but not always."""
+    drafter = BlockDrafter.for_target(target, num_layers=1, block_size=8, seed=0).float()
+    if draft_vocab is not None:
+        drafter.set_draft_vocabulary(draft_vocab)
+    feats = target_features(target, tokens, drafter.target_layer_ids)
+    embedding = target.model.get_input_embeddings().weight
+    vocab = DraftVocabulary(drafter, target.model.get_output_embeddings().weight)
+    optimizer = torch.optim.AdamW(drafter.parameters(), lr=1e-2)
+    for step in range(steps):
+        batch = sample_blocks(tokens, loss_start, 24, 8, drafter.mask_token_id, torch.Generator().manual_seed(step))
+        loss, _ = block_loss(drafter, embedding, vocab, feats, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return drafter.bind(target), feats, embedding, vocab
+
+
+@pytest.mark.parametrize("block_size", [4, 8])
+def test_estimated_acceptance_equals_real_decoding(tiny_target, block_size):
+    """At T=0 the packed estimate at the anchors a decode visits is that decode's acceptance sequence."""
+    prompt, new = [5, 6, 7, 8, 9], 40
+    tokens = greedy_sequence(tiny_target, prompt, new)
+    drafter, feats, embedding, vocab = overfit_drafter(tiny_target, tokens, len(prompt))
+    estimate = estimated_acceptance(drafter, embedding, vocab, feats, tokens, len(prompt), block_size)
+    live = speculative_generate(tiny_target, drafter, prompt, block_size, max_new_tokens=new, stop_token_ids=[]).stats.acceptance_lengths
+    replay, anchor = [], len(prompt)  # the first cycle's anchor is the token the prefill committed
+    while anchor < len(tokens) - 1:
+        remaining = len(tokens) - 1 - anchor
+        replay.append(min(estimate[anchor - (len(prompt) - 1)], remaining))
+        anchor += replay[-1]
+    assert live == replay
+    assert max(live) > 1 and min(live) < block_size  # a test that partial acceptance can fail
+
+
+def test_soft_labels_outside_the_draft_vocabulary_are_left_out(tiny_target):
+    tokens = greedy_sequence(tiny_target, [5, 6, 7], 20)
+    drafter = BlockDrafter.for_target(tiny_target, num_layers=1, block_size=8, seed=0).float()
+    drafter.set_draft_vocabulary(torch.arange(0, 64, 2))
+    feats = target_features(tiny_target, tokens, drafter.target_layer_ids)
+    with torch.no_grad():
+        logits = tiny_target.model(tokens[None]).logits[0]
+    top = logits.topk(8, dim=-1)
+    vocab = DraftVocabulary(drafter, tiny_target.model.get_output_embeddings().weight)
+    embedding = tiny_target.model.get_input_embeddings().weight
+    batch = sample_blocks(tokens, 3, 8, 8, drafter.mask_token_id, torch.Generator().manual_seed(0))
+    loss, metrics = block_loss(drafter, embedding, vocab, feats, batch, (top.indices, top.values), kl_weight=0.5)
+    assert torch.isfinite(loss) and metrics["labels"] == int(((batch.labels >= 0) & (batch.labels % 2 == 0)).sum())
+    with pytest.raises(ValueError, match="needs soft labels"):
+        block_loss(drafter, embedding, vocab, feats, batch, None, kl_weight=0.5)

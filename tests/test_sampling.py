@@ -85,3 +85,9 @@ def test_matches_target_with_prompt_lookup(small_target):
     from bp_rl import PromptLookupDrafter
 
     assert chi_square_pvalue(small_target, PromptLookupDrafter(max_ngram=2)) > ALPHA
+
+
+def test_matches_target_with_a_reduced_draft_vocabulary(small_target):
+    """q is zero outside the draft vocabulary: tokens the drafter cannot propose still come out exactly."""
+    drafter = BlockDrafter.for_target(small_target, num_layers=1, seed=0).set_draft_vocabulary(torch.tensor([0, 2, 3, 5]))
+    assert chi_square_pvalue(small_target, drafter) > ALPHA

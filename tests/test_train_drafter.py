@@ -9,14 +9,16 @@ import sys
 import pytest
 
 from bp_rl import load_drafter, speculative_generate
+from bp_rl.prompts import load_prompts
 
 pytestmark = pytest.mark.real_model
 
 TOY = [
-    "data.max_train_prompts=3", "data.gen_max_new_tokens=8", "data.gen_batch_size=2", "data.val_prompts=2",
-    "data.text_tokens=512", "data.seq_len=128", "features.shard_tokens=400", "features.batch_size=2",
-    "drafter.num_layers=1", "train.seqs_per_step=1", "train.blocks_per_seq=4", "train.eval_every=2",
-    "train.eval_prompts=1", "train.eval_new_tokens=6", "train.checkpoint_every=1", "device=cpu",
+    "data.max_train_prompts=2", "data.user_turns=2", "data.code_prompts=2", "data.prose_prompts=2", "data.math_prompts=2",
+    "data.gen_max_new_tokens=8", "data.gen_batch_size=4", "data.shard_sequences=4", "data.val_prompts=2", "data.top_k=4",
+    "drafter.num_layers=1", "drafter.draft_vocab_size=256", "train.seqs_per_step=1", "train.blocks_per_seq=4",
+    "train.eval_every=2", "train.decode_every=4", "train.eval_prompts=1", "train.eval_new_tokens=6", "train.checkpoint_every=1",
+    "device=cpu",
 ]
 
 
@@ -29,29 +31,38 @@ def log_steps(tmp_path):
     return [json.loads(line)["step"] for line in (tmp_path / "work" / "train_log.jsonl").read_text().splitlines()]
 
 
+def shard_ids(tmp_path, name):
+    return [i for meta in (tmp_path / "work" / "shards").glob(f"{name}-*.json") for i in json.loads(meta.read_text())["ids"]]
+
+
 def test_stages_resume_and_export(tmp_path, smollm2):
     first = run(tmp_path, "train.steps=2")
     assert first.returncode == 0, first.stderr[-3000:]
-    seqs = {name: (tmp_path / "work" / "sequences" / f"{name}.jsonl").read_text().splitlines() for name in ("generated", "val", "text")}
-    assert len(seqs["generated"]) == 6 and len(seqs["val"]) == 2 and len(seqs["text"]) == 4  # 3 prompts x 2 temperatures
-    val_ids = {json.loads(line)["id"].split("@")[0] for line in seqs["val"]}
-    assert all(i.startswith(("code/", "math/", "chat/", "prose/")) for i in val_ids)
+    manifest = [json.loads(line) for line in (tmp_path / "work" / "prompts-train.jsonl").read_text().splitlines()]
+    sources = {row["id"].split("/")[0] for row in manifest}
+    assert {"suite", "code", "prose", "math"} <= sources
+    assert sum(row["id"].startswith("suite/") for row in manifest) == 4  # 2 prompts x 2 temperatures
+    held_out = {p.text for p in load_prompts("bp-v1") if p.split != "train"}
+    assert not any(row["text"] in held_out for row in manifest)
+    assert sorted(shard_ids(tmp_path, "train")) == sorted(row["id"] for row in manifest)
+    assert all(i.startswith("val/") for i in shard_ids(tmp_path, "val")) and len(shard_ids(tmp_path, "val")) == 2
     assert log_steps(tmp_path) == [1, 2]
 
-    # a crash mid-append leaves a torn line: the data stage repairs it and generates nothing twice
-    generated = tmp_path / "work" / "sequences" / "generated.jsonl"
-    generated.write_text("\n".join(seqs["generated"][:-1]) + "\n" + seqs["generated"][-1][:20])
+    # a crash before the last shard's meta: that shard is regenerated, nothing twice
+    last = sorted((tmp_path / "work" / "shards").glob("train-*.json"))[-1]
+    last.unlink()
     again = run(tmp_path, "train.steps=4")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed from" in again.stdout and log_steps(tmp_path) == [1, 2, 3, 4]
-    lines = generated.read_text().splitlines()
-    assert len(lines) == 6 and len({json.loads(line)["id"] for line in lines}) == 6
+    ids = shard_ids(tmp_path, "train")
+    assert len(ids) == len(set(ids)) == len(manifest)
 
     exported = run(tmp_path, "stage=export")
     assert exported.returncode == 0, exported.stderr[-3000:]
     card = (tmp_path / "export" / "README.md").read_text()
-    assert "4 steps" in card and "| 4 |" in card
+    assert "4 steps" in card and "| 4 |" in card and "256 tokens the target wrote most often" in card
     drafter = load_drafter(str(tmp_path / "export"), smollm2)
+    assert drafter.draft_vocab_size == 256
     out = speculative_generate(smollm2, drafter, "def add(a, b):", 4, max_new_tokens=6)
     assert out.stats.new_tokens >= 1
 
@@ -66,6 +77,11 @@ def test_stages_resume_and_export(tmp_path, smollm2):
 def test_train_block_larger_than_drafter_is_rejected(tmp_path):
     bad = run(tmp_path, "stage=train", "train.block_size=32")
     assert bad.returncode != 0 and "train.block_size (32) exceeds drafter.block_size (16)" in bad.stderr
+
+
+def test_train_before_regenerating_is_explained(tmp_path):
+    bad = run(tmp_path, "stage=train")
+    assert bad.returncode != 0 and "run stage=prompts and stage=regenerate first" in bad.stderr
 
 
 def test_unknown_stage_is_rejected(tmp_path):

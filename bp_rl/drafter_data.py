@@ -1,0 +1,367 @@
+"""Training data for a block drafter: the target's own continuations, with their features and soft labels.
+
+A drafter must predict what the *target* will write, so its data is the target's regeneration of
+many prompts, never raw text labels. The pipeline:
+
+1. prompts: the prompt suite's training split, user turns the target writes itself (the chat
+   template's user prefix alone, sampled, deduplicated), and continuation prompts cut from offline
+   text (`offline_code_prompts`, `offline_prose_prompts`); `deduplicate` drops repeats and anything
+   equal to a held-out prompt;
+2. `regenerate`: batched target decoding (greedy or sampled) that keeps, from the same passes, the
+   target's hidden states at the drafter's layers and its top-k logits at every position: the
+   drafter's inputs and its soft labels, with no second teacher-forced pass;
+3. shards on disk (`write_shard`), one `.json` meta per shard written last, so an interrupted run
+   resumes after the last complete shard and never holds a half-written one;
+4. `SequencePool`: every shard of a set, memory-mapped, for training and evaluation;
+5. `token_frequencies`: counts of the target's output tokens, from which a reduced draft vocabulary
+   is cut.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers import DynamicCache
+
+from bp_rl.models import Target
+
+
+@dataclass
+class RegenPrompt:
+    """A prompt to regenerate: its id, its text, the token ids the target sees, and where it came from."""
+
+    id: str
+    text: str
+    token_ids: list[int]
+    source: str
+    temperature: float = 0.0  # 0: the target's greedy continuation; > 0: a sample
+
+
+# --- 1. prompts ------------------------------------------------------------------------------------
+
+
+def user_prefix(target: Target) -> str:
+    """The chat template up to where a user turn's text begins (system prompt included)."""
+    sentinel = "\x00USER\x00"
+    rendered = target.tokenizer.apply_chat_template([{"role": "user", "content": sentinel}], tokenize=False, add_generation_prompt=False)
+    return rendered.split(sentinel)[0]
+
+
+def self_written_user_turns(
+    target: Target, count: int, seed: int, max_tokens: int = 64, batch_size: int = 64, temperature: float = 1.0
+) -> list[str]:
+    """User turns the target writes itself: the user prefix alone, sampled; duplicates dropped."""
+    prefix = target.encode(user_prefix(target)).tolist()
+    end_of_turn = set(target.eos_token_ids)
+    turns: list[str] = []
+    seen: set[str] = set()
+    generator = torch.Generator(device=target.device).manual_seed(seed)
+    with tqdm(total=count, desc="self-written user turns", unit="turn") as bar:
+        attempts = 0
+        while len(turns) < count and attempts < 4 * count:
+            outputs = _batched_decode(target, [prefix] * batch_size, max_tokens, temperature, generator, layer_ids=(), top_k=0)
+            attempts += batch_size
+            for out in outputs:
+                if not out.finished:  # cut off mid-turn: not a whole user message
+                    continue
+                text = target.decode([t for t in out.new_tokens if t not in end_of_turn]).strip()
+                key = normalise(text)
+                if len(text.split()) >= 3 and key not in seen:
+                    seen.add(key)
+                    turns.append(text)
+                    bar.update()
+    return turns[:count]
+
+
+def python_functions(path: Path) -> Iterable[tuple[str, str]]:
+    """(head, docstring paragraph) pairs of a Python file: a function's source up to the end of its
+    docstring, and the docstring's long paragraphs."""
+    try:
+        source = path.read_text(encoding="utf-8")
+        tree = ast.parse(source)
+    except (SyntaxError, UnicodeDecodeError, ValueError):
+        return
+    lines = source.splitlines(keepends=True)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and ast.get_docstring(node):
+            doc = node.body[0]
+            head = "".join(lines[node.lineno - 1 : doc.end_lineno])
+            yield head, ast.get_docstring(node) or ""
+
+
+def offline_code_prompts(files: list[Path], limit: int, rng: random.Random, max_chars: int = 1500) -> list[tuple[str, str]]:
+    """(text, source) code-continuation prompts: a function's signature and docstring, HumanEval style."""
+    found = [(head, f"{path.name}") for path in files for head, _ in python_functions(path) if len(head) <= max_chars]
+    rng.shuffle(found)
+    return found[:limit]
+
+
+def offline_prose_prompts(files: list[Path], limit: int, rng: random.Random, min_chars: int = 200) -> list[tuple[str, str]]:
+    """(text, source) prose-continuation prompts: a docstring paragraph cut after about half its words."""
+    found = []
+    for path in files:
+        for _, doc in python_functions(path):
+            for para in doc.split("\n\n"):
+                para = " ".join(para.split())
+                if len(para) >= min_chars and ">>>" not in para:
+                    words = para.split()
+                    found.append((" ".join(words[: len(words) // 2]), path.name))
+    rng.shuffle(found)
+    return found[:limit]
+
+
+def normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def deduplicate(prompts: Iterable[RegenPrompt], held_out_texts: Iterable[str] = ()) -> list[RegenPrompt]:
+    """First occurrence of each distinct (token sequence, temperature), minus any whose text equals a
+    held-out prompt's."""
+    banned = {normalise(t) for t in held_out_texts}
+    seen: set[tuple] = set()
+    kept = []
+    for p in prompts:
+        key = (p.temperature, *p.token_ids)
+        if key in seen or normalise(p.text) in banned:
+            continue
+        seen.add(key)
+        kept.append(p)
+    return kept
+
+
+def write_prompt_list(path: Path, prompts: list[RegenPrompt]) -> None:
+    """The regeneration prompts as JSONL, atomically (the manifest that makes a run reproducible)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(vars(p)) + "\n" for p in prompts))
+    tmp.replace(path)
+
+
+def read_prompt_list(path: Path) -> list[RegenPrompt]:
+    return [RegenPrompt(**json.loads(line)) for line in path.read_text().splitlines() if line]
+
+
+# --- 2. regeneration -------------------------------------------------------------------------------
+
+
+@dataclass
+class DecodedSequence:
+    """One regenerated sequence: prompt + new tokens, with per-position features and top-k logits."""
+
+    tokens: list[int]
+    prompt_len: int
+    features: np.ndarray  # (len, feature_dim) fp16; the last row is zero (that token never went through the target)
+    topk_ids: np.ndarray  # (len, k) int32: the target's top-k next-token ids after each position (rows < prompt_len - 1 zero)
+    topk_logits: np.ndarray  # (len, k) fp16
+    finished: bool  # ended with a stop token within the budget
+
+    @property
+    def new_tokens(self) -> list[int]:
+        return self.tokens[self.prompt_len :]
+
+
+@torch.inference_mode()
+def _batched_decode(
+    target: Target,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    temperature: float,
+    generator: torch.Generator | None,
+    layer_ids: tuple[int, ...] | list[int],
+    top_k: int,
+) -> list[DecodedSequence]:
+    """Left-padded batched decoding that keeps, from the same forward passes, the hidden states at
+    `layer_ids` and the top-k logits of every processed position (greedy when temperature is 0)."""
+    device = target.device
+    batch = len(prompts)
+    width = max(map(len, prompts))
+    ids = torch.zeros(batch, width, dtype=torch.long, device=device)
+    mask = torch.zeros(batch, width, dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p, device=device)
+        mask[i, width - len(p) :] = 1
+    cache = DynamicCache()
+    stops = torch.tensor(target.eos_token_ids or [-1], device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    step_feats, step_ids, step_logits, new_tokens = [], [], [], []
+    inputs, keep = ids, width
+    for _ in range(max_new_tokens):
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)[:, -inputs.shape[1] :]
+        out = target.model(
+            input_ids=inputs, attention_mask=mask, position_ids=positions, past_key_values=cache,
+            use_cache=True, output_hidden_states=bool(layer_ids), logits_to_keep=1,
+        )
+        if layer_ids:
+            step_feats.append(torch.cat([out.hidden_states[i + 1][:, -keep:] for i in layer_ids], dim=-1).half().cpu())
+        logits = out.logits[:, -1].float()
+        if top_k:
+            best = logits.topk(top_k, dim=-1)
+            step_ids.append(best.indices.int().cpu())
+            step_logits.append(best.values.half().cpu())
+        if temperature > 0:
+            token = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator)[:, 0]
+        else:
+            token = logits.argmax(dim=-1)
+        new_tokens.append(torch.where(finished, stops[0], token))
+        finished |= torch.isin(token, stops)
+        if bool(finished.all()):
+            break
+        inputs, keep = token[:, None], 1
+        mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=device)], dim=1)
+
+    generated = torch.stack(new_tokens, dim=1).tolist()
+    feats = torch.cat(step_feats, dim=1) if step_feats else None  # (batch, width + steps - 1, dim)
+    results = []
+    for i, prompt in enumerate(prompts):
+        response = generated[i]
+        ends = [j for j, t in enumerate(response) if t in target.eos_token_ids]
+        response = response[: ends[0] + 1] if ends else response
+        tokens = list(prompt) + response
+        length, pad = len(tokens), width - len(prompt)
+        # the forward passes saw tokens[:-1]; their states sit at columns pad .. pad + length - 2
+        f = np.zeros((length, feats.shape[-1] if feats is not None else 0), dtype=np.float16)
+        if feats is not None:
+            f[: length - 1] = feats[i, pad : pad + length - 1].numpy()
+        k_ids = np.zeros((length, top_k), dtype=np.int32)
+        k_logits = np.zeros((length, top_k), dtype=np.float16)
+        if top_k:
+            # step s's logits follow position prompt_len - 1 + s
+            rows = len(response)
+            k_ids[len(prompt) - 1 : len(prompt) - 1 + rows] = torch.stack(step_ids, dim=1)[i, :rows].numpy()
+            k_logits[len(prompt) - 1 : len(prompt) - 1 + rows] = torch.stack(step_logits, dim=1)[i, :rows].numpy()
+        results.append(DecodedSequence(tokens, len(prompt), f, k_ids, k_logits, finished=bool(ends)))
+    return results
+
+
+def regenerate(
+    target: Target,
+    prompts: list[RegenPrompt],
+    out_dir: Path,
+    name: str,
+    max_new_tokens: int,
+    layer_ids: list[int],
+    top_k: int = 32,
+    batch_size: int = 32,
+    shard_sequences: int = 256,
+    seed: int = 0,
+    max_minutes: float | None = None,
+) -> None:
+    """Regenerate `prompts` (each at its own temperature) into shards `out_dir/name-*`, in order;
+    resumes after the last complete shard (a prompt is done once its id is in a shard's meta)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shards = complete_shards(out_dir, name)
+    done = {i for meta in shards for i in meta["ids"]}
+    todo = [p for p in prompts if p.id not in done]
+    deadline = time.monotonic() + 60 * max_minutes if max_minutes else float("inf")
+    shard_index = len(shards)
+    generator = torch.Generator(device=target.device).manual_seed(seed + shard_index)
+    with tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=f"regenerate {name}", unit="seq") as bar:
+        for start in range(0, len(todo), shard_sequences):
+            if time.monotonic() > deadline:
+                tqdm.write(f"regenerate {name}: stopped by max_minutes; re-run to resume")
+                return
+            # one temperature per batch, similar lengths per batch (little padding)
+            order = sorted(todo[start : start + shard_sequences], key=lambda p: (p.temperature, len(p.token_ids)))
+            sequences = []
+            for b in range(0, len(order), batch_size):
+                part = order[b : b + batch_size]
+                for temperature in sorted({p.temperature for p in part}):
+                    same = [p for p in part if p.temperature == temperature]
+                    sequences += _batched_decode(target, [p.token_ids for p in same], max_new_tokens, temperature, generator, layer_ids, top_k)
+                bar.update(len(part))
+            write_shard(out_dir / f"{name}-{shard_index:05d}", order, sequences, layer_ids)
+            shard_index += 1
+
+
+# --- 3. shards -------------------------------------------------------------------------------------
+
+
+def write_shard(stem: Path, prompts: list[RegenPrompt], sequences: list[DecodedSequence], layer_ids: list[int]) -> None:
+    """Arrays first, each atomically; the .json meta last: it marks the shard complete."""
+    arrays = {
+        "tokens": np.concatenate([np.asarray(s.tokens, dtype=np.int32) for s in sequences]),
+        "features": np.concatenate([s.features for s in sequences]),
+        "topk_ids": np.concatenate([s.topk_ids for s in sequences]),
+        "topk_logits": np.concatenate([s.topk_logits for s in sequences]),
+    }
+    for key, array in arrays.items():
+        np.save(f"{stem}.{key}.tmp.npy", array)
+        os.replace(f"{stem}.{key}.tmp.npy", f"{stem}.{key}.npy")
+    meta = {
+        "ids": [p.id for p in prompts],
+        "temperatures": [p.temperature for p in prompts],
+        "offsets": np.cumsum([0] + [len(s.tokens) for s in sequences]).tolist(),
+        "loss_starts": [s.prompt_len for s in sequences],
+        "layer_ids": list(layer_ids),
+    }
+    Path(f"{stem}.json.tmp").write_text(json.dumps(meta))
+    os.replace(f"{stem}.json.tmp", f"{stem}.json")
+
+
+def complete_shards(shard_dir: Path, name: str) -> list[dict]:
+    return [json.loads(m.read_text()) | {"stem": m.stem} for m in sorted(shard_dir.glob(f"{name}-*.json"))]
+
+
+@dataclass
+class Sequence:
+    tokens: torch.Tensor  # (len,) long
+    features: torch.Tensor  # (len, feature_dim) float32
+    loss_start: int  # first labelled position (the prompt's length)
+    topk_ids: torch.Tensor  # (len, k) long
+    topk_logits: torch.Tensor  # (len, k) float32
+
+
+class SequencePool:
+    """Every complete shard of one sequence set, memory-mapped."""
+
+    def __init__(self, shard_dir: Path, names: str | list[str], layer_ids: list[int]):
+        self.shard_dir = shard_dir
+        self.items = []
+        for name in [names] if isinstance(names, str) else names:
+            for meta in complete_shards(shard_dir, name):
+                if meta["layer_ids"] != list(layer_ids):
+                    raise ValueError(f"shard {meta['stem']} holds target layers {meta['layer_ids']}, the drafter reads {list(layer_ids)}")
+                arrays = {k: np.load(shard_dir / f"{meta['stem']}.{k}.npy", mmap_mode="r") for k in ("tokens", "features", "topk_ids", "topk_logits")}
+                offsets = meta["offsets"]
+                for j, loss_start in enumerate(meta["loss_starts"]):
+                    if offsets[j + 1] - offsets[j] - loss_start >= 1:  # at least one new token
+                        self.items.append((arrays, offsets[j], offsets[j + 1], loss_start))
+        self.tokens = sum(e - s for _, s, e, _ in self.items)
+        self.new_tokens = sum(e - s - ls for _, s, e, ls in self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def get(self, i: int, device: torch.device | str = "cpu") -> Sequence:
+        arrays, s, e, loss_start = self.items[i]
+        return Sequence(
+            tokens=torch.from_numpy(np.asarray(arrays["tokens"][s:e], dtype=np.int64)),
+            features=torch.from_numpy(np.asarray(arrays["features"][s:e], dtype=np.float32)).to(device),
+            loss_start=loss_start,
+            topk_ids=torch.from_numpy(np.asarray(arrays["topk_ids"][s:e], dtype=np.int64)),
+            topk_logits=torch.from_numpy(np.asarray(arrays["topk_logits"][s:e], dtype=np.float32)),
+        )
+
+    def token_frequencies(self, vocab_size: int) -> np.ndarray:
+        """How often the target wrote each token (new tokens only, not prompts)."""
+        counts = np.zeros(vocab_size, dtype=np.int64)
+        for arrays, s, e, loss_start in self.items:
+            counts += np.bincount(np.asarray(arrays["tokens"][s + loss_start : e]), minlength=vocab_size)
+        return counts
+
+
+def draft_vocabulary(counts: np.ndarray, size: int, always: Iterable[int] = ()) -> torch.Tensor:
+    """The `size` most frequent token ids (ties by id), plus `always` (e.g. the stop tokens), sorted by id."""
+    must = sorted(set(always))
+    order = [int(t) for t in np.lexsort((np.arange(len(counts)), -counts)) if int(t) not in must]
+    return torch.tensor(sorted(must + order[: size - len(must)]), dtype=torch.long)

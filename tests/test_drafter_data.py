@@ -1,0 +1,87 @@
+"""The drafter's data pipeline: regenerations are the target's own, their features and soft labels are
+the teacher-forced ones, shards resume, and nothing held out gets in."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bp_rl import autoregressive_generate
+from bp_rl.drafter_data import (
+    RegenPrompt, SequencePool, complete_shards, deduplicate, draft_vocabulary, python_functions, regenerate,
+)
+
+PROMPTS = [[5, 6, 7], [9, 3, 4, 8, 10, 12], [20, 21]]
+LAYERS = [0, 2]
+
+
+def regen_prompts(temperature=0.0):
+    return [RegenPrompt(f"p{i}", "", ids, "test", temperature) for i, ids in enumerate(PROMPTS)]
+
+
+def test_greedy_regenerations_are_the_targets_own_with_teacher_forced_features(tiny_target, tmp_path):
+    regenerate(tiny_target, regen_prompts(), tmp_path, "train", max_new_tokens=12, layer_ids=LAYERS, top_k=4, batch_size=3)
+    pool = SequencePool(tmp_path, "train", LAYERS)
+    assert len(pool) == 3
+    by_prompt = {}
+    for i in range(len(pool)):
+        seq = pool.get(i)
+        by_prompt[tuple(seq.tokens[: seq.loss_start].tolist())] = seq
+    for prompt in PROMPTS:
+        seq = by_prompt[tuple(prompt)]
+        expected = autoregressive_generate(tiny_target, prompt, max_new_tokens=12).token_ids
+        assert seq.tokens[len(prompt) :].tolist() == expected  # left padding changed nothing
+        with torch.no_grad():
+            out = tiny_target.model(seq.tokens[None], output_hidden_states=True)
+        states = torch.cat([out.hidden_states[i + 1][0] for i in LAYERS], dim=-1)
+        torch.testing.assert_close(seq.features[:-1], states[:-1].half().float(), rtol=2e-3, atol=2e-3)
+        assert (seq.features[-1] == 0).all()  # the last token never went through the target
+        top = out.logits[0, len(prompt) - 1 : -1].topk(4, dim=-1)
+        assert (seq.topk_ids[len(prompt) - 1 : -1] == top.indices).all()
+        torch.testing.assert_close(seq.topk_logits[len(prompt) - 1 : -1], top.values.half().float(), rtol=2e-3, atol=2e-3)
+
+
+def test_regeneration_resumes_after_the_last_complete_shard(tiny_target, tmp_path):
+    prompts = regen_prompts()
+    regenerate(tiny_target, prompts[:2], tmp_path, "train", max_new_tokens=6, layer_ids=LAYERS, shard_sequences=1)
+    (tmp_path / "train-00001.json").unlink()  # as if killed before the second shard's meta was written
+    regenerate(tiny_target, prompts, tmp_path, "train", max_new_tokens=6, layer_ids=LAYERS, shard_sequences=1)
+    ids = [i for meta in complete_shards(tmp_path, "train") for i in meta["ids"]]
+    assert sorted(ids) == ["p0", "p1", "p2"]  # each prompt once
+    with pytest.raises(ValueError, match=r"holds target layers \[0, 2\], the drafter reads \[1, 3\]"):
+        SequencePool(tmp_path, "train", [1, 3])
+
+
+def test_sampled_regenerations_follow_their_seed(tiny_target, tmp_path):
+    for run in ("a", "b"):
+        regenerate(tiny_target, regen_prompts(1.0), tmp_path / run, "train", max_new_tokens=8, layer_ids=LAYERS, seed=7)
+    tokens = [np.load(tmp_path / run / "train-00000.tokens.npy") for run in ("a", "b")]
+    assert (tokens[0] == tokens[1]).all()
+    assert json.loads((tmp_path / "a" / "train-00000.json").read_text())["temperatures"] == [1.0, 1.0, 1.0]
+
+
+def test_deduplicate_drops_repeats_and_held_out_texts():
+    rows = [
+        RegenPrompt("a", "Explain tides.", [1, 2], "x"),
+        RegenPrompt("b", "explain  tides.", [1, 2], "x"),  # same tokens
+        RegenPrompt("c", "What is 2 + 2?", [3], "x"),
+        RegenPrompt("d", "Something new", [4], "x"),
+        RegenPrompt("e", "Explain tides.", [1, 2], "x", temperature=1.0),  # same prompt, sampled: kept
+    ]
+    assert [p.id for p in deduplicate(rows, held_out_texts=["what is 2 + 2?"])] == ["a", "d", "e"]
+
+
+def test_draft_vocabulary_keeps_the_most_frequent_and_the_stop_tokens():
+    counts = np.array([0, 0, 5, 9, 1, 9, 3])
+    assert draft_vocabulary(counts, 3, always=[1]).tolist() == [1, 3, 5]
+    assert draft_vocabulary(counts, 4).tolist() == [2, 3, 5, 6]
+
+
+def test_python_functions_cut_at_the_docstring(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text('def f(x):\n    """Double x.\n\n    Long text here."""\n    return 2 * x\n\n\ndef g():\n    pass\n')
+    [(head, doc)] = list(python_functions(source))
+    assert head == 'def f(x):\n    """Double x.\n\n    Long text here."""\n' and doc.startswith("Double x.")
