@@ -243,6 +243,20 @@ def _batched_decode(
     return results
 
 
+def length_batches(prompts: list[RegenPrompt], batch_size: int, batch_tokens: int) -> list[list[RegenPrompt]]:
+    """Batches of one temperature and similar length (sorted), each at most `batch_size` prompts and
+    `batch_tokens` padded prompt tokens: a long prompt does not pad a whole large batch."""
+    batches: list[list[RegenPrompt]] = []
+    for p in sorted(prompts, key=lambda p: (p.temperature, len(p.token_ids))):
+        last = batches[-1] if batches else None
+        fits = last and last[0].temperature == p.temperature and len(last) < batch_size and (len(last) + 1) * len(p.token_ids) <= batch_tokens
+        if fits:
+            last.append(p)
+        else:
+            batches.append([p])
+    return batches
+
+
 def regenerate(
     target: Target,
     prompts: list[RegenPrompt],
@@ -252,6 +266,7 @@ def regenerate(
     layer_ids: list[int],
     top_k: int = 32,
     batch_size: int = 32,
+    batch_tokens: int = 4096,
     shard_sequences: int = 256,
     seed: int = 0,
     max_minutes: float | None = None,
@@ -270,15 +285,11 @@ def regenerate(
             if time.monotonic() > deadline:
                 tqdm.write(f"regenerate {name}: stopped by max_minutes; re-run to resume")
                 return
-            # one temperature per batch, similar lengths per batch (little padding)
-            order = sorted(todo[start : start + shard_sequences], key=lambda p: (p.temperature, len(p.token_ids)))
-            sequences = []
-            for b in range(0, len(order), batch_size):
-                part = order[b : b + batch_size]
-                for temperature in sorted({p.temperature for p in part}):
-                    same = [p for p in part if p.temperature == temperature]
-                    sequences += _batched_decode(target, [p.token_ids for p in same], max_new_tokens, temperature, generator, layer_ids, top_k)
-                bar.update(len(part))
+            order, sequences = [], []
+            for batch in length_batches(todo[start : start + shard_sequences], batch_size, batch_tokens):
+                sequences += _batched_decode(target, [p.token_ids for p in batch], max_new_tokens, batch[0].temperature, generator, layer_ids, top_k)
+                order += batch
+                bar.update(len(batch))
             write_shard(out_dir / f"{name}-{shard_index:05d}", order, sequences, layer_ids)
             shard_index += 1
 

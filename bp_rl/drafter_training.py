@@ -97,12 +97,6 @@ def sample_blocks(
     return layout_blocks(tokens, anchors, sizes, max_block, mask_token_id, decay)
 
 
-def every_anchor(tokens: torch.Tensor, loss_start: int, block_size: int, mask_token_id: int) -> BlockBatch:
-    """One block of `block_size` at every anchor of the continuation (the acceptance estimate's layout)."""
-    anchors = torch.arange(max(1, loss_start - 1), len(tokens) - 1)
-    return layout_blocks(tokens, anchors, torch.full_like(anchors, block_size), block_size, mask_token_id)
-
-
 class DraftVocabulary:
     """Maps full-vocabulary token ids to rows of a drafter's (possibly reduced) LM head."""
 
@@ -179,15 +173,30 @@ def block_loss(
 
 
 @torch.no_grad()
+def drafts_at_anchors(
+    drafter: BlockDrafter, embedding: torch.Tensor, vocab: DraftVocabulary, features: torch.Tensor, tokens: torch.Tensor,
+    anchors: torch.Tensor, block_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A greedy draft of `block_size - 1` tokens from every anchor of `tokens`, in one packed pass.
+
+    Returns (matches, confidence), each (anchors, block_size - 1): whether each drafted slot equals
+    the token in `tokens` there (False past the end), and the drafter's top-1 probability there.
+    """
+    batch = layout_blocks(tokens, anchors, torch.full_like(anchors, block_size), block_size, drafter.mask_token_id)
+    hidden = block_states(drafter, embedding, features, batch)
+    probs = torch.softmax(F.linear(hidden, vocab.head.to(hidden.dtype)).float(), dim=-1)
+    confidence, drafted = probs.max(dim=-1)
+    rows = vocab.to_rows(batch.labels.clamp_min(0))
+    matches = (drafted.cpu() == rows) & (batch.labels >= 0)
+    return matches.view(-1, block_size)[:, 1:], confidence.cpu().view(-1, block_size)[:, 1:]
+
+
 def estimated_acceptance(
     drafter: BlockDrafter, embedding: torch.Tensor, vocab: DraftVocabulary, features: torch.Tensor, tokens: torch.Tensor, loss_start: int, block_size: int
 ) -> list[int]:
     """Acceptance length (1 + leading correct drafts) of a `block_size` block at every anchor of a greedy
     continuation, from one packed pass: at temperature 0 this is exactly what a decoding cycle starting
     at that anchor commits, as decoding is lossless (a cycle near the end is cut by the sequence end)."""
-    batch = every_anchor(tokens, loss_start, block_size, drafter.mask_token_id)
-    hidden = block_states(drafter, embedding, features, batch)
-    drafted = F.linear(hidden, vocab.head.to(hidden.dtype)).argmax(dim=-1).cpu()
-    rows = vocab.to_rows(batch.labels.clamp_min(0))
-    correct = ((drafted == rows) & (batch.labels >= 0)).view(-1, block_size)[:, 1:]
-    return (1 + correct.long().cumprod(dim=1).sum(dim=1)).tolist()
+    anchors = torch.arange(max(1, loss_start - 1), len(tokens) - 1)
+    matches, _ = drafts_at_anchors(drafter, embedding, vocab, features, tokens, anchors, block_size)
+    return (1 + matches.long().cumprod(dim=1).sum(dim=1)).tolist()

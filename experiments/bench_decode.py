@@ -24,11 +24,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 from tqdm import tqdm
-from transformers import DynamicCache
 
-from bp_rl import OracleDrafter, SpeculativeDecoder, Target, load_drafter, load_target, speculative_generate
+from bp_rl import OracleDrafter, Target, load_drafter, load_target, speculative_generate
+from bp_rl.profiles import draft_seconds, verify_forward_seconds
 from bp_rl.prompts import DEFAULT_SUITE, SPLITS, Prompt, load_prompts, render_prompt
-from bp_rl.timing import machine_load_note, device_name, measure
+from bp_rl.timing import device_name, machine_load_note
 
 
 AR = "autoregressive"  # block size 1: the same rows for every drafter
@@ -82,39 +82,6 @@ def select_prompts(args) -> list[Prompt]:
         if seen[p.category] <= args.per_category:
             kept.append(p)
     return kept
-
-
-def verify_forward_seconds(target: Target, context_ids: torch.Tensor, block_size: int, repeats: int) -> float:
-    """Median time of one target forward over `block_size` new tokens after `context_ids` (KV cached)."""
-    cache = DynamicCache()
-    with torch.inference_mode():
-        target.model(input_ids=context_ids[None], past_key_values=cache, use_cache=True, logits_to_keep=1)
-        block = context_ids[-block_size:][None]
-
-        def forward():
-            target.model(input_ids=block, past_key_values=cache, use_cache=True)
-            cache.crop(-block_size)
-
-        return measure(forward, target.device, warmup=2, repeats=repeats).median
-
-
-def draft_seconds(target: Target, drafter, context_ids: torch.Tensor, block_size: int, repeats: int) -> float:
-    """Median time of one proposal of `block_size - 1` tokens after `context_ids`, its context already
-    shown to the drafter (as in every cycle after the first)."""
-    decoder = SpeculativeDecoder(target, drafter, context_ids, max_new_tokens=block_size + 2)
-    decoder.prefill()
-    decoder.step(2)  # the drafter has now cached the prompt; what stays new per cycle is an accepted token or two
-    context = decoder.draft_context
-    new_hidden = context.new_hidden
-    context.token_ids = decoder.tokens
-
-    def propose():
-        context.new_hidden = new_hidden
-        drafter.propose(context, block_size - 1, decoder.sampler)
-        if new_hidden is not None:  # undo the context the proposal cached, so every repeat does the same work
-            context.cache.crop(-new_hidden.shape[1])
-
-    return measure(propose, target.device, warmup=2, repeats=repeats).median
 
 
 def draft_vocabulary_coverage(drafter, token_ids: list[int]) -> float | None:

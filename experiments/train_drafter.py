@@ -1,16 +1,19 @@
-"""Train a block drafter for a target, from the training split and offline text only.
+"""Train a block drafter for a target on the target's own continuations (training split and offline text only).
 
     python experiments/train_drafter.py                         # all stages, resumable
+    python experiments/train_drafter.py stage=regenerate data.max_minutes=60
     python experiments/train_drafter.py stage=train train.max_minutes=60
+    python experiments/train_drafter.py stage=train train.name=kl0 train.kl_weight=0   # an ablation on the same data
     python experiments/train_drafter.py stage=export
 
-Stages, each cached under `work_dir` and resumed where it stopped:
-1. data: the target's own generations (greedy and sampled) on the suite's *training* prompts,
-   greedy generations on a few *validation* prompts (monitoring only, never trained on), and
-   chunks of offline text (Python's stdlib source, minus every file a val/test prompt came from);
-2. features: the target's hidden states at the drafter's layers for every sequence (fp16 shards);
-3. train: the DFlash objective (bp_rl.drafter_training) with a frozen target, checkpointed;
-   acceptance at block 16 on validation prompts is measured along the way (the learning curve);
+Stages, each cached under `work_dir` and resumed where it stopped (training runs under
+`work_dir/train/<train.name>`, so several recipes or ablations share one set of data):
+1. prompts: the regeneration manifests (bp_rl.drafter_data builds the sources; nothing val/test);
+2. regenerate: the target's greedy or sampled continuations, with its hidden states at the
+   drafter's layers and top-k logits from the same passes (sharded, resumable);
+3. train: the DFlash objective (bp_rl.drafter_training) with a frozen target over a reduced draft
+   vocabulary, CE + KL against the target's top-k, checkpointed with the optimiser state; acceptance
+   at block 16 estimated on every val anchor along the way, confirmed by real decoding;
 4. export: fp16 safetensors + config + model card, loadable with `load_drafter`.
 """
 
@@ -151,7 +154,8 @@ def build_regenerations(cfg: DictConfig, target: Target, work: Path) -> None:
         raise FileNotFoundError(f"no prompt manifest under {work}: run stage=prompts first")
     options = dict(
         max_new_tokens=cfg.data.gen_max_new_tokens, layer_ids=feature_layer_ids(cfg, target), top_k=cfg.data.top_k,
-        batch_size=cfg.data.gen_batch_size, shard_sequences=cfg.data.shard_sequences, seed=cfg.train.seed,
+        batch_size=cfg.data.gen_batch_size, batch_tokens=cfg.data.gen_batch_tokens, shard_sequences=cfg.data.shard_sequences,
+        seed=cfg.train.seed,
     )
     shard_dir = work / "shards"
     regenerate(target, read_prompt_list(work / "prompts-val.jsonl"), shard_dir, "val", **options)
@@ -234,6 +238,11 @@ def evaluate(drafter: BlockDrafter, target: Target, cfg: DictConfig, val_pool: S
     return result
 
 
+def training_dir(cfg: DictConfig, work: Path) -> Path:
+    """Where one training run (`train.name`) keeps its checkpoint and log; runs share the cached data."""
+    return work / "train" / cfg.train.name
+
+
 def train(cfg: DictConfig, target: Target, work: Path) -> None:
     if cfg.train.block_size > cfg.drafter.block_size:
         raise ValueError(f"train.block_size ({cfg.train.block_size}) exceeds drafter.block_size ({cfg.drafter.block_size})")
@@ -253,7 +262,9 @@ def train(cfg: DictConfig, target: Target, work: Path) -> None:
         p.requires_grad_(False)
     optimizer = torch.optim.AdamW(drafter.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     state = {"step": 0, "label_tokens": 0, "seconds": 0.0}
-    checkpoint, log = work / "checkpoint.pt", work / "train_log.jsonl"
+    run = training_dir(cfg, work)
+    run.mkdir(parents=True, exist_ok=True)
+    checkpoint, log = run / "checkpoint.pt", run / "train_log.jsonl"
     if checkpoint.exists():
         saved = torch.load(checkpoint, map_location=target.device, weights_only=False)
         drafter.load_state_dict(saved["drafter"])
@@ -264,7 +275,7 @@ def train(cfg: DictConfig, target: Target, work: Path) -> None:
         # steps logged after the checkpoint are redone: drop them so the log has each step once
         write_jsonl(log, [r for r in read_jsonl(log) if r["step"] <= state["step"]])
     elif log.exists():  # a fresh run: keep the old log aside, never lose it
-        log.rename(work / f"train_log.before-{int(time.time())}.jsonl")
+        log.rename(run / f"train_log.before-{int(time.time())}.jsonl")
     state.setdefault("device", device_name(target.device))
     rng = random.Random(cfg.train.seed + state["step"])
     generator = torch.Generator().manual_seed(cfg.train.seed + state["step"])
@@ -322,7 +333,7 @@ def train(cfg: DictConfig, target: Target, work: Path) -> None:
 
 
 def export(cfg: DictConfig, target: Target, work: Path) -> None:
-    checkpoint = work / "checkpoint.pt"
+    checkpoint = training_dir(cfg, work) / "checkpoint.pt"
     if not checkpoint.exists():
         raise FileNotFoundError(f"no checkpoint at {checkpoint}: run stage=train first")
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -330,7 +341,7 @@ def export(cfg: DictConfig, target: Target, work: Path) -> None:
     drafter = build_drafter(cfg, target, pools["train"])
     drafter.load_state_dict(saved["drafter"])
     path = drafter.save(hydra.utils.to_absolute_path(cfg.export.path))
-    evals = [r for r in read_jsonl(work / "train_log.jsonl") if "val_loss" in r]
+    evals = [r for r in read_jsonl(training_dir(cfg, work) / "train_log.jsonl") if "val_loss" in r]
     (path / "README.md").write_text(render_model_card(cfg, target, drafter, saved["state"], evals, pools, work))
     print(f"exported to {path}")
 

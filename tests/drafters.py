@@ -47,3 +47,37 @@ class SelfDrafter(Drafter):
             tokens = torch.cat([tokens, own.draw(own.probs(logits))[None]])
             reported.append(claimed.probs(logits))
         return Draft(tokens[-num_tokens:], torch.stack(reported))
+
+
+def target_features(target: Target, tokens: torch.Tensor, layer_ids) -> torch.Tensor:
+    """The target's teacher-forced states at `layer_ids`, concatenated: (len, len(layer_ids) * hidden)."""
+    with torch.no_grad():
+        out = target.model(tokens[None], output_hidden_states=True)
+    return torch.cat([out.hidden_states[i + 1][0] for i in layer_ids], dim=-1)
+
+
+def greedy_sequence(target: Target, prompt: list[int], new_tokens: int) -> torch.Tensor:
+    """Prompt + the target's greedy continuation, never stopping early."""
+    from bp_rl import speculative_generate
+
+    out = speculative_generate(target, None, prompt, 1, max_new_tokens=new_tokens, stop_token_ids=[])
+    return torch.tensor(prompt + out.token_ids)
+
+
+def overfit_drafter(target: Target, tokens: torch.Tensor, loss_start: int, steps: int = 60):
+    """A tiny block drafter trained on one greedy continuation: it accepts often, but not always."""
+    from bp_rl import BlockDrafter
+    from bp_rl.drafter_training import DraftVocabulary, block_loss, sample_blocks
+
+    drafter = BlockDrafter.for_target(target, num_layers=1, block_size=8, seed=0).float()
+    feats = target_features(target, tokens, drafter.target_layer_ids)
+    embedding = target.model.get_input_embeddings().weight
+    vocab = DraftVocabulary(drafter, target.model.get_output_embeddings().weight)
+    optimizer = torch.optim.AdamW(drafter.parameters(), lr=1e-2)
+    for step in range(steps):
+        batch = sample_blocks(tokens, loss_start, 24, 8, drafter.mask_token_id, torch.Generator().manual_seed(step))
+        loss, _ = block_loss(drafter, embedding, vocab, feats, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return drafter.bind(target)

@@ -197,3 +197,13 @@ def test_reduced_vocabulary_survives_save_and_load(tiny_target, tmp_path):
 def test_bad_draft_vocabulary_is_rejected(tiny_target, ids, message):
     with pytest.raises(ValueError, match=message):
         reduced_drafter(tiny_target, ids)
+
+
+def test_default_is_the_newest_shipped_version(monkeypatch):
+    import bp_rl.drafter as registry
+
+    target = make_tiny_target("llama")
+    monkeypatch.setattr(registry, "shipped_drafters", lambda: ["tiny-llama-block", "tiny-llama-block-v2", "tiny-llama-block-v10", "tiny-llama-block-vx"])
+    assert registry.default_drafter_name(target) == "tiny-llama-block-v10"
+    monkeypatch.setattr(registry, "shipped_drafters", lambda: ["tiny-llama-block"])
+    assert registry.default_drafter_name(target) == "tiny-llama-block"

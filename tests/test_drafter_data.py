@@ -85,3 +85,11 @@ def test_python_functions_cut_at_the_docstring(tmp_path):
     source.write_text('def f(x):\n    """Double x.\n\n    Long text here."""\n    return 2 * x\n\n\ndef g():\n    pass\n')
     [(head, doc)] = list(python_functions(source))
     assert head == 'def f(x):\n    """Double x.\n\n    Long text here."""\n' and doc.startswith("Double x.")
+
+
+def test_length_batches_bound_padding_and_keep_one_temperature():
+    from bp_rl.drafter_data import length_batches
+
+    prompts = [RegenPrompt(f"p{i}", "", [1] * n, "x", t) for i, (n, t) in enumerate([(3, 0.0), (50, 0.0), (4, 0.0), (5, 1.0), (6, 0.0)])]
+    batches = length_batches(prompts, batch_size=3, batch_tokens=20)
+    assert [[p.id for p in b] for b in batches] == [["p0", "p2", "p4"], ["p1"], ["p3"]]

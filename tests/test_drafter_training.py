@@ -6,14 +6,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from drafters import greedy_sequence, overfit_drafter, target_features
+
 from bp_rl import BlockDrafter, speculative_generate
 from bp_rl.drafter_training import DraftVocabulary, block_loss, estimated_acceptance, sample_blocks
-
-
-def target_features(target, tokens, layer_ids):
-    with torch.no_grad():
-        out = target.model(tokens[None], output_hidden_states=True)
-    return torch.cat([out.hidden_states[i + 1][0] for i in layer_ids], dim=-1)
 
 
 def test_packed_blocks_match_one_block_at_a_time(tiny_target):
@@ -88,35 +84,15 @@ def test_a_few_steps_lower_the_loss(tiny_target):
     assert all(p.grad is None for p in tiny_target.model.parameters())
 
 
-def greedy_sequence(target, prompt, new_tokens):
-    out = speculative_generate(target, None, prompt, 1, max_new_tokens=new_tokens, stop_token_ids=[])
-    return torch.tensor(prompt + out.token_ids)
-
-
-def overfit_drafter(target, tokens, loss_start, steps=60, draft_vocab=None):
-    """A tiny drafter trained on one greedy continuation: it accepts often, but not always."""
-    drafter = BlockDrafter.for_target(target, num_layers=1, block_size=8, seed=0).float()
-    if draft_vocab is not None:
-        drafter.set_draft_vocabulary(draft_vocab)
-    feats = target_features(target, tokens, drafter.target_layer_ids)
-    embedding = target.model.get_input_embeddings().weight
-    vocab = DraftVocabulary(drafter, target.model.get_output_embeddings().weight)
-    optimizer = torch.optim.AdamW(drafter.parameters(), lr=1e-2)
-    for step in range(steps):
-        batch = sample_blocks(tokens, loss_start, 24, 8, drafter.mask_token_id, torch.Generator().manual_seed(step))
-        loss, _ = block_loss(drafter, embedding, vocab, feats, batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return drafter.bind(target), feats, embedding, vocab
-
-
 @pytest.mark.parametrize("block_size", [4, 8])
 def test_estimated_acceptance_equals_real_decoding(tiny_target, block_size):
     """At T=0 the packed estimate at the anchors a decode visits is that decode's acceptance sequence."""
     prompt, new = [5, 6, 7, 8, 9], 40
     tokens = greedy_sequence(tiny_target, prompt, new)
-    drafter, feats, embedding, vocab = overfit_drafter(tiny_target, tokens, len(prompt))
+    drafter = overfit_drafter(tiny_target, tokens, len(prompt))
+    feats = target_features(tiny_target, tokens, drafter.target_layer_ids)
+    embedding = tiny_target.model.get_input_embeddings().weight
+    vocab = DraftVocabulary(drafter, tiny_target.model.get_output_embeddings().weight)
     estimate = estimated_acceptance(drafter, embedding, vocab, feats, tokens, len(prompt), block_size)
     live = speculative_generate(tiny_target, drafter, prompt, block_size, max_new_tokens=new, stop_token_ids=[]).stats.acceptance_lengths
     replay, anchor = [], len(prompt)  # the first cycle's anchor is the token the prefill committed

@@ -28,7 +28,7 @@ def run(tmp_path, *overrides):
 
 
 def log_steps(tmp_path):
-    return [json.loads(line)["step"] for line in (tmp_path / "work" / "train_log.jsonl").read_text().splitlines()]
+    return [json.loads(line)["step"] for line in (tmp_path / "work" / "train" / "main" / "train_log.jsonl").read_text().splitlines()]
 
 
 def shard_ids(tmp_path, name):
@@ -67,11 +67,11 @@ def test_stages_resume_and_export(tmp_path, smollm2):
     assert out.stats.new_tokens >= 1
 
     # warm start of a fresh run from the exported drafter
-    (tmp_path / "work" / "checkpoint.pt").unlink()
+    (tmp_path / "work" / "train" / "main" / "checkpoint.pt").unlink()
     warm = run(tmp_path, "stage=train", "train.steps=1", f"drafter.init_from={tmp_path / 'export'}")
     assert warm.returncode == 0, warm.stderr[-3000:]
     assert "resumed" not in warm.stdout and log_steps(tmp_path) == [1]
-    assert len(list((tmp_path / "work").glob("train_log.before-*.jsonl"))) == 1
+    assert len(list((tmp_path / "work" / "train" / "main").glob("train_log.before-*.jsonl"))) == 1
 
 
 def test_train_block_larger_than_drafter_is_rejected(tmp_path):

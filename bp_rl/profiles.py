@@ -1,0 +1,251 @@
+"""Device cost profiles: what each pass of speculative decoding costs on one machine.
+
+A request's speed is what each cycle accepts (an acceptance trace, the same on every machine) times
+what each pass costs (a profile, one per machine). A measured profile times, with the one timer
+(warm-up, device sync, median of repeats): a target forward over n tokens at context length c, a
+drafter proposal at block size b, the prefill of a prompt of length L, and the per-cycle overhead
+of the decoding loop around them. Model profiles (`flat_profile`, `roofline_profile`) are labelled
+`kind="model"`: arithmetic, not measurements.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import platform
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import DynamicCache
+
+from bp_rl.decoding import DecodeStats, SpeculativeDecoder
+from bp_rl.drafter import Drafter, drafter_fingerprint
+from bp_rl.models import Target
+from bp_rl.timing import device_name, measure
+from bp_rl.traces import AcceptanceTrace
+
+SHIPPED_PROFILES_DIR = Path(__file__).parent / "data" / "profiles"
+PROFILE_KINDS = ("measured", "model")
+
+
+# --- raw pass timings (also what bench_decode prints) ----------------------------------------------
+
+
+def verify_forward_seconds(target: Target, context_ids: torch.Tensor, block_size: int, repeats: int) -> float:
+    """Median time of one target forward over `block_size` new tokens after `context_ids` (KV cached)."""
+    cache = DynamicCache()
+    with torch.inference_mode():
+        target.model(input_ids=context_ids[None], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        block = context_ids[-block_size:][None]
+
+        def forward():
+            target.model(input_ids=block, past_key_values=cache, use_cache=True)
+            cache.crop(-block_size)
+
+        return measure(forward, target.device, warmup=2, repeats=repeats).median
+
+
+def draft_seconds(target: Target, drafter: Drafter, context_ids: torch.Tensor, block_size: int, repeats: int) -> float:
+    """Median time of one proposal of `block_size - 1` tokens after `context_ids`, its context already
+    shown to the drafter (as in every cycle after the first)."""
+    decoder = SpeculativeDecoder(target, drafter, context_ids, max_new_tokens=block_size + 2)
+    decoder.prefill()
+    decoder.step(2)  # the drafter has now cached the prompt; what stays new per cycle is an accepted token or two
+    context = decoder.draft_context
+    new_hidden = context.new_hidden
+    context.token_ids = decoder.tokens
+
+    def propose():
+        context.new_hidden = new_hidden
+        drafter.propose(context, block_size - 1, decoder.sampler)
+        if new_hidden is not None:  # undo the context the proposal cached, so every repeat does the same work
+            context.cache.crop(-new_hidden.shape[1])
+
+    return measure(propose, target.device, warmup=2, repeats=repeats).median
+
+
+def prefill_seconds(target: Target, prompt_ids: torch.Tensor, repeats: int) -> float:
+    def forward():
+        with torch.inference_mode():
+            target.model(input_ids=prompt_ids[None], use_cache=True, output_hidden_states=True, logits_to_keep=1)
+
+    return measure(forward, target.device, warmup=1, repeats=repeats).median
+
+
+# --- the profile -----------------------------------------------------------------------------------
+
+
+def _interpolate(points: dict[int, float], x: float) -> float:
+    """Piecewise-linear in x over the measured points, flat beyond the ends."""
+    xs = sorted(points)
+    if x <= xs[0]:
+        return points[xs[0]]
+    if x >= xs[-1]:
+        return points[xs[-1]]
+    i = bisect.bisect_right(xs, x)
+    x0, x1 = xs[i - 1], xs[i]
+    return points[x0] + (points[x1] - points[x0]) * (x - x0) / (x1 - x0)
+
+
+@dataclass
+class DeviceProfile:
+    """Seconds of each pass of decoding one target (and drafter) on one device."""
+
+    name: str
+    kind: str  # "measured" or "model"
+    device: str
+    target: str
+    drafter: str  # the drafter's name
+    drafter_hash: str  # drafter_fingerprint: a profile times one drafter's passes
+    verify: dict[int, dict[int, float]]  # n tokens -> context length -> seconds of a target forward
+    draft: dict[int, float]  # block size -> seconds of one proposal of block - 1 tokens
+    prefill: dict[int, float]  # prompt length -> seconds
+    overhead: float  # seconds per cycle outside the draft and verify passes
+    versions: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in PROFILE_KINDS:
+            raise ValueError(f"unknown profile kind {self.kind!r}; valid: {list(PROFILE_KINDS)}")
+        # JSON keys are strings
+        self.verify = {int(n): {int(c): float(t) for c, t in by_c.items()} for n, by_c in self.verify.items()}
+        self.draft = {int(b): float(t) for b, t in self.draft.items()}
+        self.prefill = {int(n): float(t) for n, t in self.prefill.items()}
+
+    @property
+    def block_sizes(self) -> tuple[int, ...]:
+        return tuple(sorted(self.verify))
+
+    def verify_seconds(self, n: int, context: int) -> float:
+        if n not in self.verify:
+            raise ValueError(f"profile {self.name!r} has no verify cost for {n} tokens; profiled: {list(self.block_sizes)}")
+        return _interpolate(self.verify[n], context)
+
+    def draft_seconds(self, block_size: int) -> float:
+        if block_size == 1:
+            return 0.0
+        if block_size not in self.draft:
+            raise ValueError(f"profile {self.name!r} has no draft cost for block {block_size}; profiled: {sorted(self.draft)}")
+        return self.draft[block_size]
+
+    def cycle_seconds(self, block_size: int, context: int) -> float:
+        return self.draft_seconds(block_size) + self.verify_seconds(block_size, context) + self.overhead
+
+    def prefill_seconds(self, prompt_tokens: int) -> float:
+        return _interpolate(self.prefill, prompt_tokens)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> "DeviceProfile":
+        """A shipped profile by name, or a profile JSON file."""
+        path = Path(name_or_path)
+        if not path.is_file():
+            path = SHIPPED_PROFILES_DIR / f"{name_or_path}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no profile {str(name_or_path)!r}: shipped profiles {shipped_profiles()}, or a profile JSON file")
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"{path} is not a readable device profile (truncated or corrupted?): {err}") from None
+
+    def check(self, target: Target, drafter: Drafter | None, drafter_name: str) -> "DeviceProfile":
+        """This profile, if it timed this target and drafter; else a clear error."""
+        problems = []
+        if self.target != target.name:
+            problems.append(f"target {self.target!r}, not {target.name!r}")
+        if drafter is not None and self.drafter_hash != drafter_fingerprint(drafter):
+            problems.append(f"drafter {self.drafter!r} ({self.drafter_hash}), not {drafter_name!r} ({drafter_fingerprint(drafter)})")
+        if problems:
+            raise ValueError(f"profile {self.name!r} was made for another model: " + "; ".join(problems))
+        return self
+
+
+def shipped_profiles() -> list[str]:
+    return sorted(p.stem for p in SHIPPED_PROFILES_DIR.glob("*.json")) if SHIPPED_PROFILES_DIR.is_dir() else []
+
+
+def measure_profile(
+    target: Target,
+    drafter: Drafter,
+    drafter_name: str,
+    name: str,
+    block_sizes: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16),
+    contexts: tuple[int, ...] = (64, 256, 512),
+    prompt_lengths: tuple[int, ...] = (16, 64, 256, 512),
+    repeats: int = 10,
+    overhead_decodes: int = 3,
+    seed: int = 0,
+) -> DeviceProfile:
+    """Time every pass on this machine (nothing else heavy may run meanwhile)."""
+    generator = torch.Generator().manual_seed(seed)
+    low, high = min(100, target.vocab_size // 2), min(target.vocab_size, 30000)  # ordinary tokens: no specials
+
+    def tokens(n: int) -> torch.Tensor:
+        return torch.randint(low, high, (n,), generator=generator).to(target.device)
+
+    verify = {b: {c: verify_forward_seconds(target, tokens(c + b), b, repeats) for c in contexts} for b in block_sizes}
+    middle = tokens(contexts[len(contexts) // 2])
+    draft = {b: draft_seconds(target, drafter, middle, b, repeats) for b in block_sizes if b > 1}
+    prefill = {n: prefill_seconds(target, tokens(n), repeats) for n in prompt_lengths}
+    # the loop around the passes: a real decode's time minus the passes it made, per cycle
+    leftovers = []
+    for b in (max(block_sizes), min(b for b in block_sizes if b > 1)) * overhead_decodes:
+        decoder = SpeculativeDecoder(target, drafter, tokens(contexts[0]), max_new_tokens=32, stop_token_ids=[])
+        decoder.prefill()
+        stats = decoder.decode(b)
+        context = contexts[0] + 16
+        passes = sum(draft[b] + _interpolate(verify[b], context) for _ in stats.acceptance_lengths)
+        leftovers.append((stats.decode_seconds - passes) / stats.cycles)
+    return DeviceProfile(
+        name=name, kind="measured", device=device_name(target.device), target=target.name, drafter=drafter_name,
+        drafter_hash=drafter_fingerprint(drafter), verify=verify, draft=draft, prefill=prefill,
+        overhead=max(0.0, statistics.median(leftovers)), versions=library_versions(),
+    )
+
+
+def library_versions() -> dict[str, str]:
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+# --- model profiles --------------------------------------------------------------------------------
+
+
+def flat_profile(base: DeviceProfile) -> DeviceProfile:
+    """Every cycle costs one autoregressive step of `base`, whatever its block, and drafting is free:
+    the idealised setting of acceptance-length arithmetic (speedup = mean acceptance)."""
+    step = {c: t for c, t in base.verify[1].items()}
+    return DeviceProfile(
+        name=f"flat-{base.name}", kind="model", device=f"model: flat, from {base.device}", target=base.target, drafter=base.drafter,
+        drafter_hash=base.drafter_hash, verify={n: dict(step) for n in base.verify}, draft={b: 0.0 for b in base.draft},
+        prefill=dict(base.prefill), overhead=0.0, versions=base.versions,
+        note=f"model, not a measurement: each cycle costs one 1-token step of profile {base.name!r}",
+    )
+
+
+def simulate(trace: AcceptanceTrace, profile: DeviceProfile, schedule) -> DecodeStats:
+    """The decode a schedule gives on the trace, with seconds from the profile (simulated, not timed).
+
+    `schedule`: a block size (fixed) or a callable CycleState -> block size (per cycle)."""
+    choose = schedule if callable(schedule) else (lambda state: schedule)
+    cycles = trace.replay(choose)
+    stats = DecodeStats(prompt_tokens=trace.prompt_tokens, new_tokens=len(trace.tokens))
+    stats.prefill_seconds = profile.prefill_seconds(trace.prompt_tokens)
+    context = trace.prompt_tokens + 1  # the cycle's anchor is the newest committed token
+    for block, committed in cycles:
+        stats.decode_seconds += profile.cycle_seconds(block, context)
+        stats.block_sizes.append(block)
+        stats.acceptance_lengths.append(committed)
+        context += committed
+    return stats
+

@@ -1,0 +1,60 @@
+"""Device profiles: measured on this machine, saved and loaded, checked against the model, and the
+simulated decode of a trace under one."""
+
+from __future__ import annotations
+
+import pytest
+from drafters import greedy_sequence, overfit_drafter
+
+from bp_rl.profiles import DeviceProfile, flat_profile, measure_profile, simulate
+from bp_rl.traces import trace_request
+
+PROMPT, NEW = [5, 6, 7, 8, 9], 30
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_target):
+    drafter = overfit_drafter(tiny_target, greedy_sequence(tiny_target, PROMPT, NEW), len(PROMPT))
+    profile = measure_profile(tiny_target, drafter, "overfit", "tiny-cpu", block_sizes=(1, 2, 4, 8), contexts=(16, 64),
+                              prompt_lengths=(8, 32), repeats=2, overhead_decodes=1)
+    return drafter, profile
+
+
+def test_measured_profile_covers_every_pass_and_round_trips(tmp_path, setup, tiny_target):
+    drafter, profile = setup
+    assert profile.kind == "measured" and profile.device.startswith("CPU") and "torch" in profile.versions
+    assert set(profile.verify) == {1, 2, 4, 8} and set(profile.draft) == {2, 4, 8}
+    assert all(t > 0 for by_c in profile.verify.values() for t in by_c.values()) and profile.overhead >= 0
+    loaded = DeviceProfile.load(profile.save(tmp_path / "p.json"))
+    assert loaded == profile
+    assert loaded.check(tiny_target, drafter, "overfit") is loaded
+
+
+def test_simulated_decode_counts_every_cycle(setup, tiny_target):
+    drafter, profile = setup
+    trace = trace_request(tiny_target, drafter, PROMPT, (1, 4), max_new_tokens=NEW, stop_token_ids=[])
+    stats = simulate(trace, profile, 4)
+    assert stats.acceptance_lengths == trace.acceptance_lengths(4) and stats.new_tokens == NEW
+    cycles = len(stats.acceptance_lengths)
+    assert stats.decode_seconds >= cycles * (profile.draft[4] + min(profile.verify[4].values()))
+    flat = flat_profile(profile)
+    assert flat.kind == "model" and "not a measurement" in flat.note
+    # under the flat model a cycle costs one step, so simulated speedup over block 1 is the mean acceptance
+    ar, spec = simulate(trace, flat, 1), simulate(trace, flat, 4)
+    assert ar.decode_seconds / spec.decode_seconds == pytest.approx((NEW - 1) / cycles, rel=0.05)
+
+
+def test_bad_profiles_are_explained(tmp_path, setup, tiny_target):
+    drafter, profile = setup
+    with pytest.raises(FileNotFoundError, match="no profile 'nope': shipped profiles"):
+        DeviceProfile.load("nope")
+    broken = tmp_path / "broken.json"
+    broken.write_text(profile.save(tmp_path / "ok.json").read_text()[:50])
+    with pytest.raises(ValueError, match="not a readable device profile"):
+        DeviceProfile.load(broken)
+    with pytest.raises(ValueError, match="no verify cost for 3 tokens; profiled: \\[1, 2, 4, 8\\]"):
+        profile.verify_seconds(3, 20)
+    with pytest.raises(ValueError, match="made for another model: drafter"):
+        profile.check(tiny_target, overfit_drafter(tiny_target, greedy_sequence(tiny_target, PROMPT, NEW), len(PROMPT), steps=1), "other")
+    with pytest.raises(ValueError, match="unknown profile kind 'guess'"):
+        DeviceProfile(**{**profile.__dict__, "kind": "guess"})

@@ -1,0 +1,59 @@
+"""Acceptance traces replay real greedy decoding exactly, for fixed and per-cycle schedules."""
+
+from __future__ import annotations
+
+import pytest
+from drafters import greedy_sequence, overfit_drafter
+
+from bp_rl import SpeculativeDecoder, speculative_generate
+from bp_rl.traces import trace_request
+
+PROMPT, NEW = [5, 6, 7, 8, 9], 40
+BLOCKS = (1, 2, 4, 8)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_target):
+    return overfit_drafter(tiny_target, greedy_sequence(tiny_target, PROMPT, NEW), len(PROMPT))
+
+
+@pytest.fixture(scope="module")
+def trace(tiny_target, trained):
+    return trace_request(tiny_target, trained, PROMPT, BLOCKS, max_new_tokens=NEW, stop_token_ids=[])
+
+
+@pytest.mark.parametrize("block_size", BLOCKS)
+def test_fixed_block_replay_equals_live_decoding(tiny_target, trained, trace, block_size):
+    live = speculative_generate(tiny_target, trained, PROMPT, block_size, max_new_tokens=NEW, stop_token_ids=[])
+    assert trace.tokens == live.token_ids
+    assert trace.acceptance_lengths(block_size) == live.stats.acceptance_lengths
+    if block_size > 1:
+        assert 1 < max(live.stats.acceptance_lengths) and min(live.stats.acceptance_lengths) < block_size  # partial acceptance
+
+
+def test_per_cycle_schedule_replay_equals_live_decoding(tiny_target, trained, trace):
+    def schedule(state):  # HF-assistant style: grow after a full accept, shrink otherwise
+        if not state.history:
+            return 4
+        block, committed = state.history[-1]
+        return min(8, block * 2) if committed == block else max(2, block // 2)
+
+    replayed = trace.replay(schedule)
+    decoder = SpeculativeDecoder(tiny_target, trained, PROMPT, max_new_tokens=NEW, stop_token_ids=[])
+    decoder.prefill()
+    for block, committed in replayed:
+        assert decoder.step(block) == committed
+    assert decoder.done and decoder.new_token_ids == trace.tokens
+
+
+def test_confidence_is_a_probability_per_drafted_slot(trace):
+    for b in BLOCKS:
+        assert len(trace.confidence[b]) == len(trace.tokens) - 1
+        assert all(len(c) == b - 1 and all(0 < p <= 1 for p in c) for c in trace.confidence[b])
+
+
+def test_block_size_outside_the_trace_or_the_drafter_is_rejected(tiny_target, trained, trace):
+    with pytest.raises(ValueError, match=r"block size 3 is not in this trace; traced: \[1, 2, 4, 8\]"):
+        trace.acceptance_lengths(3)
+    with pytest.raises(ValueError, match=r"outside \[1, 8\]"):
+        trace_request(tiny_target, trained, PROMPT, (2, 16), max_new_tokens=8)
