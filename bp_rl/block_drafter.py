@@ -181,6 +181,10 @@ class BlockDrafter(nn.Module, Drafter):
         self._head = None
         return self
 
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._head = None  # new draft_token_ids may come in: slice the head again
+        super()._load_from_state_dict(*args, **kwargs)
+
     def draft_head(self) -> torch.Tensor:
         """(draft vocab, hidden) LM-head rows of the draft vocabulary, sliced once per binding."""
         if self._head is None:

@@ -98,12 +98,12 @@ def sample_blocks(
 
 
 class DraftVocabulary:
-    """Maps full-vocabulary token ids to rows of a drafter's (possibly reduced) LM head."""
+    """Maps full-vocabulary token ids to rows of a (bound) drafter's possibly reduced LM head."""
 
-    def __init__(self, drafter: BlockDrafter, lm_head: torch.Tensor):
-        ids = drafter.draft_token_ids
-        self.head = lm_head.detach() if ids is None else lm_head.detach()[ids.to(lm_head.device)]
-        self.index = torch.arange(lm_head.shape[0]) if ids is None else torch.full((lm_head.shape[0],), -1, dtype=torch.long)
+    def __init__(self, drafter: BlockDrafter):
+        self.head = drafter.draft_head()
+        ids, vocab_size = drafter.draft_token_ids, drafter.config.vocab_size
+        self.index = torch.arange(vocab_size) if ids is None else torch.full((vocab_size,), -1, dtype=torch.long)
         if ids is not None:
             self.index[ids.cpu()] = torch.arange(len(ids))
 

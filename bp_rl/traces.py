@@ -93,7 +93,7 @@ def trace_request(
     out = target.model(sequence[None], output_hidden_states=True)
     features = torch.cat([out.hidden_states[i + 1][0] for i in drafter.target_layer_ids], dim=-1)
     embedding = target.model.get_input_embeddings().weight
-    vocab = DraftVocabulary(drafter, target.model.get_output_embeddings().weight)
+    vocab = DraftVocabulary(drafter)
     anchors = torch.arange(len(prompt_ids), len(sequence) - 1)  # new token i sits at position P + i
     accepted: dict[int, list[int]] = {}
     confidence: dict[int, list[list[float]]] = {}

@@ -215,7 +215,7 @@ def evaluate(drafter: BlockDrafter, target: Target, cfg: DictConfig, val_pool: S
     continuations in one packed pass each; with `decode`, also measured by real decoding on val prompts."""
     generator = torch.Generator().manual_seed(1234)
     embedding = target.model.get_input_embeddings().weight
-    vocab = DraftVocabulary(drafter, target.model.get_output_embeddings().weight)
+    vocab = DraftVocabulary(drafter)
     block = drafter.max_block_size
     metrics, lengths = [], []
     with torch.no_grad():
@@ -280,7 +280,7 @@ def train(cfg: DictConfig, target: Target, work: Path) -> None:
     rng = random.Random(cfg.train.seed + state["step"])
     generator = torch.Generator().manual_seed(cfg.train.seed + state["step"])
     embedding = target.model.get_input_embeddings().weight
-    vocab = DraftVocabulary(drafter, target.model.get_output_embeddings().weight)
+    vocab = DraftVocabulary(drafter)
     deadline = time.monotonic() + 60 * cfg.train.max_minutes if cfg.train.max_minutes else math.inf
 
     def save() -> None:

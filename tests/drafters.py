@@ -72,7 +72,7 @@ def overfit_drafter(target: Target, tokens: torch.Tensor, loss_start: int, steps
     drafter = BlockDrafter.for_target(target, num_layers=1, block_size=8, seed=0).float()
     feats = target_features(target, tokens, drafter.target_layer_ids)
     embedding = target.model.get_input_embeddings().weight
-    vocab = DraftVocabulary(drafter, target.model.get_output_embeddings().weight)
+    vocab = DraftVocabulary(drafter)
     optimizer = torch.optim.AdamW(drafter.parameters(), lr=1e-2)
     for step in range(steps):
         batch = sample_blocks(tokens, loss_start, 24, 8, drafter.mask_token_id, torch.Generator().manual_seed(step))

@@ -70,7 +70,7 @@ def test_a_few_steps_lower_the_loss(tiny_target):
     tokens = torch.randint(2, 64, (48,), generator=torch.Generator().manual_seed(3))
     feats = target_features(tiny_target, tokens, drafter.target_layer_ids)
     embedding = tiny_target.model.get_input_embeddings().weight
-    vocab = DraftVocabulary(drafter, tiny_target.model.get_output_embeddings().weight)
+    vocab = DraftVocabulary(drafter)
     optimizer = torch.optim.AdamW(drafter.parameters(), lr=3e-3)
     losses = []
     for step in range(30):
@@ -92,7 +92,7 @@ def test_estimated_acceptance_equals_real_decoding(tiny_target, block_size):
     drafter = overfit_drafter(tiny_target, tokens, len(prompt))
     feats = target_features(tiny_target, tokens, drafter.target_layer_ids)
     embedding = tiny_target.model.get_input_embeddings().weight
-    vocab = DraftVocabulary(drafter, tiny_target.model.get_output_embeddings().weight)
+    vocab = DraftVocabulary(drafter)
     estimate = estimated_acceptance(drafter, embedding, vocab, feats, tokens, len(prompt), block_size)
     live = speculative_generate(tiny_target, drafter, prompt, block_size, max_new_tokens=new, stop_token_ids=[]).stats.acceptance_lengths
     replay, anchor = [], len(prompt)  # the first cycle's anchor is the token the prefill committed
@@ -112,7 +112,7 @@ def test_soft_labels_outside_the_draft_vocabulary_are_left_out(tiny_target):
     with torch.no_grad():
         logits = tiny_target.model(tokens[None]).logits[0]
     top = logits.topk(8, dim=-1)
-    vocab = DraftVocabulary(drafter, tiny_target.model.get_output_embeddings().weight)
+    vocab = DraftVocabulary(drafter)
     embedding = tiny_target.model.get_input_embeddings().weight
     batch = sample_blocks(tokens, 3, 8, 8, drafter.mask_token_id, torch.Generator().manual_seed(0))
     loss, metrics = block_loss(drafter, embedding, vocab, feats, batch, (top.indices, top.values), kl_weight=0.5)
