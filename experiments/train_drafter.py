@@ -289,9 +289,11 @@ def train(cfg: DictConfig, target: Target, work: Path) -> None:
                     "torch_rng": torch.get_rng_state(), "config": OmegaConf.to_container(cfg)}, tmp)
         tmp.replace(checkpoint)
 
+    stop = min(cfg.train.steps, cfg.train.stop_at or cfg.train.steps)
+    autocast = torch.autocast(target.device.type, dtype=getattr(torch, cfg.train.autocast), enabled=bool(cfg.train.autocast))
     bar = tqdm(total=cfg.train.steps, initial=state["step"], desc="train drafter", unit="step")
     drafter.train()
-    while state["step"] < cfg.train.steps and time.monotonic() < deadline:
+    while state["step"] < stop and time.monotonic() < deadline:
         started = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(state["step"], cfg)
@@ -301,7 +303,8 @@ def train(cfg: DictConfig, target: Target, work: Path) -> None:
             seq = pools["train"].get(rng.randrange(len(pools["train"])), target.device)
             batch = sample_blocks(seq.tokens, seq.loss_start, cfg.train.blocks_per_seq, cfg.train.block_size, drafter.mask_token_id,
                                   generator, min_block=cfg.train.min_block, decay=cfg.train.loss_decay)
-            loss, metrics = block_loss(drafter, embedding, vocab, seq.features, batch, (seq.topk_ids, seq.topk_logits), cfg.train.kl_weight)
+            with autocast:
+                loss, metrics = block_loss(drafter, embedding, vocab, seq.features, batch, (seq.topk_ids, seq.topk_logits), cfg.train.kl_weight)
             (loss / cfg.train.seqs_per_step).backward()
             step_metrics.append(metrics)
         torch.nn.utils.clip_grad_norm_(drafter.parameters(), cfg.train.grad_clip)
@@ -316,10 +319,10 @@ def train(cfg: DictConfig, target: Target, work: Path) -> None:
         bar.update()
         record = {"step": state["step"], "label_tokens": state["label_tokens"], "seconds": round(state["seconds"], 1), "lr": lr_at(state["step"] - 1, cfg),
                   "loss": loss_now, "acc": float(np.nanmean([m["acc"] for m in step_metrics]))}
-        last = state["step"] == cfg.train.steps
+        last = state["step"] == stop
         if state["step"] % cfg.train.eval_every == 0 or last:
             drafter.eval()
-            record |= evaluate(drafter, target, cfg, pools["val"], decode=last or state["step"] % cfg.train.decode_every == 0)
+            record |= evaluate(drafter, target, cfg, pools["val"], decode=state["step"] == cfg.train.steps or state["step"] % cfg.train.decode_every == 0)
             drafter.train()
             tqdm.write(json.dumps(record))
         if state["step"] % cfg.train.checkpoint_every == 0 or "val_loss" in record:
@@ -408,7 +411,7 @@ Monitoring only (never trained on): greedy continuations of {len(pools['val'])} 
 {cfg.train.seqs_per_step} sequences x {cfg.train.blocks_per_seq} distinct anchors per step, random block sizes
 {cfg.train.min_block}-{cfg.train.block_size}, loss weight exp(-(p-1)/{cfg.train.loss_decay}) at block position p,
 loss (1 - {cfg.train.kl_weight}) x cross-entropy on the target's token + {cfg.train.kl_weight} x cross-entropy against the
-target's top-{cfg.data.top_k} distribution.
+target's top-{cfg.data.top_k} distribution; training passes under {cfg.train.autocast or 'float32'} autocast (evaluation in float32).
 
 ## Learning curve
 On the val continuations: loss, first-position accuracy, and acceptance at block {block} (tokens per verify pass,
