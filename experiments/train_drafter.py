@@ -418,7 +418,7 @@ On the val continuations: loss, first-position accuracy, and acceptance at block
 bonus included) estimated at every anchor in one packed pass; "decoded" is real greedy decoding of
 {cfg.train.eval_prompts} val prompts ({cfg.train.eval_new_tokens} new tokens).
 
-| step | labelled positions | CPU hours | val loss | val first-position acc | est. acceptance | decoded acceptance |
+| step | labelled positions | training hours (wall) | val loss | val first-position acc | est. acceptance | decoded acceptance |
 |---:|---:|---:|---:|---:|---:|---:|
 {curve}
 
