@@ -17,19 +17,9 @@ from transformers import DynamicCache
 
 from bp_rl.drafter import Draft, DraftContext, Drafter
 from bp_rl.models import Target
+from bp_rl.outcomes import request_tokens_per_second
 from bp_rl.sampling import Sampler, verify
 from bp_rl.timing import Stopwatch
-
-
-def request_tokens_per_second(new_tokens: int, prefill_seconds: float, decode_seconds: float) -> float:
-    """New tokens / request seconds, prefill included.
-
-    The prefill costs the same at every block size, but leaving it out would make a request that
-    stops at its first token (sampled from the prefill's logits, no decode pass) near infinitely
-    fast: at T=1 that happens.
-    """
-    seconds = prefill_seconds + decode_seconds
-    return new_tokens / seconds if seconds > 0 else 0.0
 
 
 @dataclass

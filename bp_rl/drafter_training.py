@@ -175,20 +175,32 @@ def block_loss(
 @torch.no_grad()
 def drafts_at_anchors(
     drafter: BlockDrafter, embedding: torch.Tensor, vocab: DraftVocabulary, features: torch.Tensor, tokens: torch.Tensor,
-    anchors: torch.Tensor, block_size: int,
+    anchors: torch.Tensor, block_sizes: int | torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A greedy draft of `block_size - 1` tokens from every anchor of `tokens`, in one packed pass.
 
-    Returns (matches, confidence), each (anchors, block_size - 1): whether each drafted slot equals
-    the token in `tokens` there (False past the end), and the drafter's top-1 probability there.
+    `block_sizes`: one for every anchor, or a block size per anchor. Returns (matches, confidence),
+    each (anchors, largest block - 1): whether each drafted slot equals the token in `tokens` there
+    (False past the end of the sequence or of its block), and the drafter's top-1 probability (0 past its block).
     """
-    batch = layout_blocks(tokens, anchors, torch.full_like(anchors, block_size), block_size, drafter.mask_token_id)
-    hidden = block_states(drafter, embedding, features, batch)
+    sizes = torch.as_tensor(block_sizes, dtype=torch.long)
+    if sizes.dim() == 0:
+        sizes = sizes.repeat(len(anchors))
+    largest = int(sizes.max())
+    batch = layout_blocks(tokens, anchors, sizes, largest, drafter.mask_token_id)
+    drafted_slot = batch.offsets > 0  # the anchor slots predict nothing: skip them in the head
+    hidden = block_states(drafter, embedding, features, batch)[drafted_slot.to(features.device)]
     probs = torch.softmax(F.linear(hidden, vocab.head.to(hidden.dtype)).float(), dim=-1)
-    confidence, drafted = probs.max(dim=-1)
-    rows = vocab.to_rows(batch.labels.clamp_min(0))
-    matches = (drafted.cpu() == rows) & (batch.labels >= 0)
-    return matches.view(-1, block_size)[:, 1:], confidence.cpu().view(-1, block_size)[:, 1:]
+    top1, drafted = probs.max(dim=-1)
+    labels = batch.labels[drafted_slot]
+    hits = (drafted.cpu() == vocab.to_rows(labels.clamp_min(0))) & (labels >= 0)
+    # back to one row per anchor: slot (block b, offset o) -> [b, o - 1]
+    block_of = torch.arange(len(anchors)).repeat_interleave(sizes)[drafted_slot]
+    matches = torch.zeros(len(anchors), largest - 1, dtype=torch.bool)
+    confidence = torch.zeros(len(anchors), largest - 1)
+    matches[block_of, batch.offsets[drafted_slot] - 1] = hits
+    confidence[block_of, batch.offsets[drafted_slot] - 1] = top1.cpu()
+    return matches, confidence
 
 
 def estimated_acceptance(

@@ -17,9 +17,9 @@ from bp_rl.decoding import DecodeStats, SpeculativeDecoder
 from bp_rl.drafter import Drafter
 from bp_rl.features import extract_features
 from bp_rl.models import Target
+from bp_rl.outcomes import AUTOREGRESSIVE
 from bp_rl.sampling import Sampler
 
-AUTOREGRESSIVE = 0  # the block-size code of the baseline: plain decoding, no drafter at all
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,13 @@ def start_request(
     settings: DecodeSettings,
     feature_sets: tuple[str, ...] = (),
     seed: int | None = None,
+    stop_token_ids: list[int] | None = None,
 ) -> tuple[SpeculativeDecoder, dict[str, np.ndarray]]:
-    """Prefill `prompt` (timed) and read the observations off that prefill; decoding is left to `finish_request`."""
-    decoder = SpeculativeDecoder(target, drafter, prompt, settings.max_new_tokens, settings.sampler(seed, target.device))
+    """Prefill `prompt` (timed) and read the observations off that prefill; decoding is left to `finish_request`.
+
+    `stop_token_ids=None` stops at the target's EOS tokens."""
+    sampler = settings.sampler(seed, target.device)
+    decoder = SpeculativeDecoder(target, drafter, prompt, settings.max_new_tokens, sampler, stop_token_ids)
     prefill = decoder.prefill()
     return decoder, {name: extract_features(prefill, name) for name in feature_sets}
 

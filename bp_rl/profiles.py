@@ -175,6 +175,26 @@ def shipped_profiles() -> list[str]:
     return sorted(p.stem for p in SHIPPED_PROFILES_DIR.glob("*.json")) if SHIPPED_PROFILES_DIR.is_dir() else []
 
 
+def default_profile(drafter_hash: str, device: torch.device | str = "cpu") -> DeviceProfile:
+    """The shipped measured profile of this machine for this drafter, else the closest shipped one
+    (same kind of device), saying so; a clear error when none fits."""
+    here = device_name(device)
+    fitting = [p for p in map(DeviceProfile.load, shipped_profiles()) if p.drafter_hash == drafter_hash and p.kind == "measured"]
+    for profile in fitting:
+        if profile.device == here:
+            return profile
+    same_kind = [p for p in fitting if p.device.split()[0] == here.split()[0]] or fitting
+    if not same_kind:
+        raise ValueError(
+            f"no shipped profile times drafter {drafter_hash} (shipped: {shipped_profiles()}); measure this machine's: "
+            "python experiments/profile_device.py"
+        )
+    chosen = same_kind[0]
+    print(f"no shipped profile of this machine ({here}); using {chosen.name!r}, measured on {chosen.device}. "
+          "Measure this machine's own: python experiments/profile_device.py")
+    return chosen
+
+
 def measure_profile(
     target: Target,
     drafter: Drafter,

@@ -1,4 +1,4 @@
-"""Rewards and the measured reward table.
+"""The measured reward table: timed decodes of every (prompt, block size, repeat).
 
 A `RewardTable` is one SQLite file holding, for one (target, drafter, decoding settings)
 combination:
@@ -24,22 +24,18 @@ arrays environments and agents use (medians per prompt and block size, best bloc
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 
-from bp_rl.decoding import request_tokens_per_second
-from bp_rl.features import parse_feature_set
-from bp_rl.measurement import AUTOREGRESSIVE, Measurement
+from bp_rl import table_file
+from bp_rl.measurement import Measurement
+from bp_rl.outcomes import AUTOREGRESSIVE, TPS, TableView, request_tokens_per_second
 from bp_rl.prompts import SPLITS, Prompt
 
 SCHEMA_VERSION = 2  # 2 added runs.machine and meta.machines
-REWARDS = ("tokens_per_second", "speedup", "log_speedup", "acceptance_length")
-DEFAULT_REWARD = "tokens_per_second"
 # Rows measured under different values of these never share a table.
 IDENTITY_KEYS = (
     "schema_version",
@@ -56,19 +52,9 @@ IDENTITY_KEYS = (
 MACHINE_KEYS = ("device", "torch", "transformers")
 RUN_COLUMNS = "prompt_id, block_size, repeat, new_tokens, acceptance, prefill_seconds, decode_seconds, load, machine"
 _INSERT_RUN = f"INSERT OR IGNORE INTO runs ({RUN_COLUMNS}) VALUES ({', '.join('?' * len(RUN_COLUMNS.split(',')))})"
-# Columns of one replayable repeat in `TableView.samples`.
-SAMPLE_COLUMNS = ("tokens_per_second", "mean_acceptance", "new_tokens", "cycles", "decode_seconds")
-TPS, ACCEPTANCE = 0, 1
-# Below this share of the grid reward, best - grid is within timing noise: no gap to close.
-MIN_GAP = 0.005
 SHIPPED_TABLES_DIR = Path(__file__).parent / "data" / "tables"
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS prompts (
-    prompt_id TEXT PRIMARY KEY, category TEXT NOT NULL, split TEXT NOT NULL, prompt_tokens INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS observations (
-    prompt_id TEXT NOT NULL, feature_set TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (prompt_id, feature_set));
 CREATE TABLE IF NOT EXISTS runs (
     prompt_id TEXT NOT NULL, block_size INTEGER NOT NULL, repeat INTEGER NOT NULL,
     new_tokens INTEGER NOT NULL, acceptance BLOB NOT NULL,
@@ -77,43 +63,9 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
-def gap_closed(reward: float, grid: float, best: float) -> float | None:
-    """(reward - grid) / (best - grid); None when best beats grid by under `MIN_GAP` (timing noise)."""
-    gap = best - grid
-    return (reward - grid) / gap if gap > MIN_GAP * abs(grid) else None
-
-
-def check_reward(name: str) -> str:
-    if name not in REWARDS:
-        raise ValueError(f"unknown reward {name!r}; valid: {list(REWARDS)}")
-    return name
-
-
-def reward_value(name: str, tokens_per_second, ar_tokens_per_second, mean_acceptance):
-    """The reward `name` of one decode (works elementwise on numpy arrays)."""
-    if name == "tokens_per_second":
-        return tokens_per_second
-    if name == "speedup":
-        return tokens_per_second / ar_tokens_per_second
-    if name == "log_speedup":
-        return np.log(tokens_per_second / ar_tokens_per_second)
-    if name == "acceptance_length":
-        return mean_acceptance
-    raise ValueError(f"unknown reward {name!r}; valid: {list(REWARDS)}")
-
-
 def shipped_table(name: str) -> Path:
     """A shipped table by name (`bp_rl/data/tables/<name>.sqlite`) or a path to a table file."""
-    path = Path(name)
-    if path.suffix == ".sqlite" or path.exists():
-        if not path.is_file():
-            raise FileNotFoundError(f"reward table {str(path)!r} does not exist")
-        return path
-    path = SHIPPED_TABLES_DIR / f"{name}.sqlite"
-    if not path.is_file():
-        shipped = sorted(p.stem for p in SHIPPED_TABLES_DIR.glob("*.sqlite"))
-        raise ValueError(f"unknown reward table {name!r}; shipped tables: {shipped}, or a path to a .sqlite file")
-    return path
+    return table_file.locate(name, SHIPPED_TABLES_DIR, "reward table")
 
 
 class RewardTable:
@@ -142,16 +94,7 @@ class RewardTable:
                 raise ValueError(f"{path} was measured under other settings, refusing to mix rows: {mismatch}")
             table.machine = table._machine_index(_machine(meta), allow_new_machine)
             return table
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Build the empty table beside it and rename, so `path` is either absent or a valid table.
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.unlink(missing_ok=True)
-        with sqlite3.connect(tmp) as db:
-            db.executescript(_SCHEMA)
-            meta = {**meta, "schema_version": SCHEMA_VERSION, "machines": [_machine(meta)]}
-            db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
-        db.close()
-        os.replace(tmp, path)
+        table_file.create(path, _SCHEMA, {**meta, "schema_version": SCHEMA_VERSION, "machines": [_machine(meta)]})
         table = cls.load(path)
         table.machine = 0
         return table
@@ -160,16 +103,8 @@ class RewardTable:
     def load(cls, path: str | Path, expect: dict | None = None) -> "RewardTable":
         """Open and validate a table; `expect` lists metadata values it must have (e.g. the target)."""
         path = shipped_table(str(path))
-        try:
-            db = sqlite3.connect(path)
-            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                raise sqlite3.DatabaseError("integrity check failed")
-            meta = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
-            db.execute("SELECT prompt_id, block_size, repeat, new_tokens, acceptance, decode_seconds FROM runs LIMIT 1")
-        except (sqlite3.DatabaseError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path} is not a readable reward table (truncated or corrupted?): {err}") from None
-        if meta.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"{path} has schema version {meta.get('schema_version')!r}; this code reads {SCHEMA_VERSION}")
+        probe = "SELECT prompt_id, block_size, repeat, new_tokens, acceptance, decode_seconds FROM runs LIMIT 1"
+        db, meta = table_file.open_checked(path, "reward table", SCHEMA_VERSION, probe)
         return cls(path, db, meta).check(expect or {})
 
     def check(self, expect: dict) -> "RewardTable":
@@ -236,14 +171,7 @@ class RewardTable:
             raise RuntimeError(f"{self.path} was opened for reading; open it with RewardTable.create_or_resume to add rows")
         stats = measurement.stats
         with self.db:
-            self.db.execute(
-                "INSERT OR IGNORE INTO prompts VALUES (?, ?, ?, ?)",
-                (prompt.id, prompt.category, prompt.split, stats.prompt_tokens),
-            )
-            self.db.executemany(
-                "INSERT OR IGNORE INTO observations VALUES (?, ?, ?)",
-                [(prompt.id, name, vector.astype(np.float16).tobytes()) for name, vector in measurement.observations.items()],
-            )
+            table_file.add_prompt(self.db, prompt, stats.prompt_tokens, measurement.observations)
             self.db.execute(
                 _INSERT_RUN,
                 (
@@ -268,9 +196,7 @@ class RewardTable:
         runs = other.db.execute(f"SELECT {RUN_COLUMNS} FROM runs").fetchall()
         before = self.db.total_changes
         with self.db:
-            for name, columns in (("prompts", 4), ("observations", 3)):
-                rows = other.db.execute(f"SELECT * FROM {name}").fetchall()
-                self.db.executemany(f"INSERT OR IGNORE INTO {name} VALUES ({', '.join('?' * columns)})", rows)
+            table_file.copy_prompts(self.db, other.db)
             self.db.executemany(
                 _INSERT_RUN,
                 [(*row[:-1], machine_ids[row[-1]]) for row in runs],
@@ -287,30 +213,18 @@ class RewardTable:
         return dict(self.meta["feature_sets"])
 
     def feature_dim(self, feature_set: str) -> int:
-        return sum(self.feature_sets[part] for part in self._feature_parts(feature_set))
-
-    def _feature_parts(self, feature_set: str) -> list[str]:
-        parts = [f"{name}@{layer}" if layer is not None else name for name, layer in parse_feature_set(feature_set)]
-        for part in parts:
-            if part not in self.feature_sets:
-                raise ValueError(
-                    f"feature set {part!r} is not in {self.path.name}; it has {sorted(self.feature_sets)} "
-                    "(join with '+'; other sets need a table collected with them, or env=live)"
-                )
-        return parts
+        return sum(self.feature_sets[part] for part in table_file.feature_parts(self.feature_sets, feature_set, self.path.name))
 
     def view(self, feature_set: str, split: str | None = None) -> "TableView":
         """The complete prompts (observations, baseline and every block size measured) of one split."""
         if split is not None and split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; valid: {list(SPLITS)}")
-        parts = self._feature_parts(feature_set)
+        parts = table_file.feature_parts(self.feature_sets, feature_set, self.path.name)
         prompts = self.db.execute("SELECT prompt_id, category, split FROM prompts ORDER BY prompt_id").fetchall()
         if self.resplit is not None:
             prompts = [(pid, category, self.resplit[pid]) for pid, category, _ in prompts]
         prompts = [p for p in prompts if split is None or p[2] == split]
-        vectors: dict[str, dict[str, np.ndarray]] = {}
-        for pid, name, data in self.db.execute("SELECT prompt_id, feature_set, data FROM observations"):
-            vectors.setdefault(pid, {})[name] = np.frombuffer(data, dtype=np.float16).astype(np.float32)
+        vectors = table_file.read_observations(self.db)
         runs: dict[tuple[str, int], list[tuple[float, ...]]] = {}
         for pid, block, new_tokens, acceptance, prefill_seconds, seconds in self.db.execute(
             "SELECT prompt_id, block_size, new_tokens, acceptance, prefill_seconds, decode_seconds FROM runs ORDER BY repeat"
@@ -343,100 +257,9 @@ class RewardTable:
         return {"path": str(self.path), "runs": rows[0], "prompts": rows[1], **self.meta}
 
 
-@dataclass
-class TableView:
-    """A table's complete prompts as arrays: prompt i, block index k (into `block_sizes`)."""
-
-    prompt_ids: list[str]
-    categories: np.ndarray  # (N,) str
-    splits: np.ndarray  # (N,) str
-    block_sizes: tuple[int, ...]
-    feature_set: str
-    observations: np.ndarray  # (N, d) float32
-    samples: list[list[np.ndarray]]  # [i][k] -> (repeats, len(SAMPLE_COLUMNS)), one row per timed repeat
-    ar_samples: list[np.ndarray]  # [i] -> (repeats,) autoregressive tokens/s
-
-    def __len__(self) -> int:
-        return len(self.prompt_ids)
-
-    @property
-    def ar_tokens_per_second(self) -> np.ndarray:
-        return np.array([np.median(s) for s in self.ar_samples])
-
-    def median(self, column: int = 0) -> np.ndarray:
-        """(N, K) medians over repeats of one of `SAMPLE_COLUMNS` (default tokens/s)."""
-        return np.array([[np.median(s[:, column]) for s in row] for row in self.samples])
-
-    def rewards(self, reward: str = DEFAULT_REWARD) -> np.ndarray:
-        """(N, K) reward of each prompt and block size, from the median repeat."""
-        ar = self.ar_tokens_per_second[:, None]
-        return reward_value(check_reward(reward), self.median(TPS), ar, self.median(ACCEPTANCE))
-
-    def repeat_rewards(self, reward: str = DEFAULT_REWARD) -> list[list[np.ndarray]]:
-        """[i][k] -> the reward of every measured repeat (what the replay environment samples from)."""
-        ar = self.ar_tokens_per_second
-        return [
-            [reward_value(check_reward(reward), s[:, TPS], ar[i], s[:, ACCEPTANCE]) for s in row] for i, row in enumerate(self.samples)
-        ]
-
-    def best_blocks(self, reward: str = DEFAULT_REWARD) -> np.ndarray:
-        """(N,) index of each prompt's best block size: the per-prompt oracle."""
-        return self.rewards(reward).argmax(axis=1)
-
-    def grid_block(self, reward: str = DEFAULT_REWARD) -> int:
-        """Index of the best fixed block size over these prompts (the grid-searched baseline)."""
-        return int(self.rewards(reward).mean(axis=0).argmax())
-
-    def noise_ceiling(self, grid: int, reward: str = DEFAULT_REWARD) -> tuple[float | None, int] | None:
-        """How much of the grid-to-best gap survives measurement noise: (gap closed, prompts used).
-
-        Each prompt's best block is picked from one timed repeat and scored on the mean of its other
-        repeats, as are grid and the per-prompt best, averaged over which repeat is held out. A policy
-        that learns from one-repeat labels aims at this, not at the noise-inflated best. Uses the
-        prompts with at least two repeats of every block size; None when there are none.
-        """
-        chosen, fixed, best, prompts = [], [], [], 0
-        for row in self.repeat_rewards(reward):
-            n = min(len(values) for values in row)  # repeats measured in the same pass line up by index
-            if n < 2:
-                continue
-            prompts += 1
-            values = np.stack([v[:n] for v in row])  # (K, n)
-            for j in range(n):
-                held_out = np.delete(values, j, axis=1).mean(axis=1)
-                chosen.append(held_out[values[:, j].argmax()])
-                fixed.append(held_out[grid])
-                best.append(held_out.max())
-        if not prompts:
-            return None
-        return gap_closed(np.mean(chosen), np.mean(fixed), np.mean(best)), prompts
-
-    def subset(self, mask: np.ndarray) -> "TableView":
-        index = np.flatnonzero(mask)
-        return replace(
-            self,
-            prompt_ids=[self.prompt_ids[i] for i in index],
-            categories=self.categories[index],
-            splits=self.splits[index],
-            observations=self.observations[index],
-            samples=[self.samples[i] for i in index],
-            ar_samples=[self.ar_samples[i] for i in index],
-        )
-
-    def with_blocks(self, block_sizes: Sequence[int]) -> "TableView":
-        """The same prompts with only these block sizes: what a smaller action set leaves to win."""
-        unknown = [b for b in block_sizes if b not in self.block_sizes]
-        if unknown or not block_sizes or len(set(block_sizes)) < len(block_sizes):
-            raise ValueError(f"block sizes {list(block_sizes)}: choose distinct sizes among this table's {list(self.block_sizes)}")
-        index = [self.block_sizes.index(b) for b in block_sizes]
-        return replace(self, block_sizes=tuple(block_sizes), samples=[[row[k] for k in index] for row in self.samples])
-
-
 def _machine(meta: dict) -> dict:
     return {key: meta[key] for key in MACHINE_KEYS}
 
 
 def _mismatch(have: dict, want: dict, keys: Iterable[str] = IDENTITY_KEYS) -> str:
-    """'key: have X, want Y' for every key whose values differ ('' when all agree)."""
-    diffs = [f"{k}: table has {have.get(k)!r}, asked for {want.get(k)!r}" for k in keys if have.get(k) != want.get(k)]
-    return "; ".join(diffs)
+    return table_file.mismatch(have, want, keys)

@@ -6,6 +6,8 @@ newest committed token) and its block size. One greedy decode, one teacher-force
 prompt + continuation and one packed drafter pass per block size (every anchor at once, as in
 drafter training) therefore give the whole table `accepted[block][anchor]`, from which any schedule
 (a fixed block per request, or a block per cycle) replays exactly, on any machine.
+
+Only temperature 0 is traced: above it the committed tokens depend on the block sizes drawn.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 
 from bp_rl.block_drafter import BlockDrafter
-from bp_rl.decoding import speculative_generate
+from bp_rl.drafter import DraftContext, Drafter
 from bp_rl.drafter_training import DraftVocabulary, drafts_at_anchors
+from bp_rl.measurement import DecodeSettings, start_request
 from bp_rl.models import Target
+from bp_rl.sampling import Sampler
 
 
 @dataclass
@@ -36,14 +41,17 @@ class AcceptanceTrace:
 
     `tokens` are the new tokens of the target's greedy continuation (a stop token, if any, last).
     `accepted[b][i]`: drafts the target accepts in a cycle of block size b anchored at new token i
-    (the cycle drafts the tokens after it). `confidence[b][i]`: the drafter's top-1 probability at
-    each of that cycle's b - 1 drafted slots.
+    (the cycle drafts the tokens after it; near the budget it drafts fewer, as decoding does).
+    `confidence[b][i]`: the drafter's top-1 probability at each of that cycle's b - 1 drafted slots
+    (1 where a deterministic drafter proposed a token, 0 where it proposed none).
+    `observations`: the prefill's observation vector per feature set, as the reward table keeps them.
     """
 
     prompt_tokens: int
     tokens: list[int]
     accepted: dict[int, list[int]]
     confidence: dict[int, list[list[float]]]
+    observations: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def block_sizes(self) -> tuple[int, ...]:
@@ -73,35 +81,86 @@ class AcceptanceTrace:
         return [n for _, n in self.replay(lambda state: block_size)]
 
 
+def effective_block(block_size: int, anchor: int, max_new_tokens: int) -> int:
+    """The block a cycle anchored at new token `anchor` really drafts: decoding never drafts past the budget."""
+    return max(1, min(block_size, max_new_tokens - anchor - 1))
+
+
 @torch.inference_mode()
 def trace_request(
     target: Target,
-    drafter: BlockDrafter,
+    drafter: Drafter,
     prompt: str | list[int] | torch.Tensor,
     block_sizes: tuple[int, ...] | list[int],
     max_new_tokens: int = 64,
+    temperature: float = 0.0,
     stop_token_ids: list[int] | None = None,
+    feature_sets: tuple[str, ...] = (),
 ) -> AcceptanceTrace:
-    """The exact T=0 acceptance trace of `prompt` for every block size in `block_sizes`."""
+    """The exact T=0 acceptance trace of `prompt` for every block size in `block_sizes`, and the
+    observations of `feature_sets` read off its prefill."""
+    if temperature != 0:
+        raise ValueError(f"traces are exact at temperature 0 only, got temperature={temperature!r}; use env=live or a timed table above it")
     bad = [b for b in block_sizes if not isinstance(b, int) or not 1 <= b <= drafter.max_block_size]
     if bad:
         raise ValueError(f"block sizes {bad} are outside [1, {drafter.max_block_size}] for this drafter")
-    greedy = speculative_generate(target, None, prompt, 1, max_new_tokens=max_new_tokens, stop_token_ids=stop_token_ids)
-    prompt_ids = target.encode(prompt)
-    new = greedy.token_ids
-    sequence = torch.cat([prompt_ids, torch.tensor(new, dtype=torch.long, device=prompt_ids.device)])
+    settings = DecodeSettings(max_new_tokens=max_new_tokens)
+    decoder, observations = start_request(target, None, prompt, settings, feature_sets, stop_token_ids=stop_token_ids)
+    decoder.decode(1)
+    new = decoder.new_token_ids
+    prompt_ids = decoder.prompt_ids
+    sequence = decoder.tokens
+    anchors = list(range(len(new) - 1))  # new token i sits at position P + i
+    make_drafts = _packed_drafts if isinstance(drafter, BlockDrafter) else _drafts_one_by_one
+    drafts = make_drafts(target, drafter, sequence, len(prompt_ids))
+    accepted: dict[int, list[int]] = {}
+    confidence: dict[int, list[list[float]]] = {}
+    for b in sorted(set(block_sizes)):
+        accepted[b], confidence[b] = [0] * len(anchors), [[0.0] * (b - 1) for _ in anchors]
+        sizes = [effective_block(b, i, max_new_tokens) for i in anchors]  # near the budget, decoding drafts fewer
+        drafting = [i for i in anchors if sizes[i] > 1]
+        if not drafting:
+            continue
+        for i, matches, top1 in zip(drafting, *drafts(drafting, [sizes[i] for i in drafting])):
+            accepted[b][i] = int(np.cumprod(matches[: sizes[i] - 1]).sum())
+            confidence[b][i][: sizes[i] - 1] = top1[: sizes[i] - 1]
+    return AcceptanceTrace(len(prompt_ids), new, accepted, confidence, observations)
+
+
+# anchors, block size per anchor -> (slot matches, slot confidences) per anchor
+Drafts = Callable[[list[int], list[int]], tuple[list[list[bool]], list[list[float]]]]
+
+
+def _packed_drafts(target: Target, drafter: BlockDrafter, sequence: torch.Tensor, prompt_tokens: int) -> Drafts:
+    """Drafts at any anchors in one packed drafter pass (as in training), from one teacher-forced target pass."""
     out = target.model(sequence[None], output_hidden_states=True)
     features = torch.cat([out.hidden_states[i + 1][0] for i in drafter.target_layer_ids], dim=-1)
     embedding = target.model.get_input_embeddings().weight
     vocab = DraftVocabulary(drafter)
-    anchors = torch.arange(len(prompt_ids), len(sequence) - 1)  # new token i sits at position P + i
-    accepted: dict[int, list[int]] = {}
-    confidence: dict[int, list[list[float]]] = {}
-    for b in sorted(set(block_sizes)):
-        if b == 1 or len(anchors) == 0:  # block 1 drafts nothing
-            accepted[b], confidence[b] = [0] * len(anchors), [[] for _ in anchors]
-            continue
-        matches, top1 = drafts_at_anchors(drafter, embedding, vocab, features, sequence.cpu(), anchors, b)
-        accepted[b] = matches.long().cumprod(dim=1).sum(dim=1).tolist()
-        confidence[b] = top1.tolist()
-    return AcceptanceTrace(prompt_tokens=len(prompt_ids), tokens=new, accepted=accepted, confidence=confidence)
+
+    def drafts(anchors: list[int], blocks: list[int]):
+        positions = torch.tensor(anchors) + prompt_tokens
+        matches, top1 = drafts_at_anchors(drafter, embedding, vocab, features, sequence.cpu(), positions, torch.tensor(blocks))
+        return matches.tolist(), top1.tolist()
+
+    return drafts
+
+
+def _drafts_one_by_one(target: Target, drafter: Drafter, sequence: torch.Tensor, prompt_tokens: int) -> Drafts:
+    """Drafts from one `propose` call per anchor, for drafters that read no target states (prompt lookup
+    and other deterministic drafters: confidence 1 per proposed token)."""
+    if drafter.target_layer_ids:
+        raise ValueError(f"{type(drafter).__name__} reads target hidden states: only a BlockDrafter can be traced so")
+
+    def drafts(anchors: list[int], blocks: list[int]):
+        matches, confidences = [], []
+        for i, block in zip(anchors, blocks):
+            position = prompt_tokens + i
+            context = DraftContext(sequence[: position + 1], cache=drafter.new_cache())
+            proposal = drafter.propose(context, block - 1, Sampler()).tokens.tolist()
+            truth = sequence[position + 1 : position + 1 + len(proposal)].tolist()
+            matches.append([p == t for p, t in zip(proposal, truth)])
+            confidences.append([1.0] * len(proposal))
+        return matches, confidences
+
+    return drafts

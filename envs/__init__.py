@@ -2,14 +2,34 @@
 
 Registered ids:
 - `bp_rl/BlockSize-v0`: replays the shipped measured table (`make_table_env`);
+- `bp_rl/BlockSizeTrace-v0`: replays exact acceptance traces under a device profile (`make_trace_env`);
 - `bp_rl/BlockSizeLive-v0`: decodes for real with timing (`make_live_env`; nondeterministic).
 """
 
 import gymnasium as gym
 
-from envs.block_size import DEFAULT_TABLE, BlockSizeEnv, make_live_env, make_table_env, observation_stats
+from envs.block_size import (
+    DEFAULT_TABLE,
+    DEFAULT_TRACES,
+    BlockSizeEnv,
+    make_live_env,
+    make_table_env,
+    make_trace_env,
+    observation_stats,
+    simulated_rewards,
+)
 
 gym.register(id="bp_rl/BlockSize-v0", entry_point="envs.block_size:make_table_env")
+gym.register(id="bp_rl/BlockSizeTrace-v0", entry_point="envs.block_size:make_trace_env")
 gym.register(id="bp_rl/BlockSizeLive-v0", entry_point="envs.block_size:make_live_env", nondeterministic=True)
 
-__all__ = ["DEFAULT_TABLE", "BlockSizeEnv", "make_live_env", "make_table_env", "observation_stats"]
+__all__ = [
+    "DEFAULT_TABLE",
+    "DEFAULT_TRACES",
+    "BlockSizeEnv",
+    "make_live_env",
+    "make_table_env",
+    "make_trace_env",
+    "observation_stats",
+    "simulated_rewards",
+]

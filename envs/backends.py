@@ -1,23 +1,26 @@
-"""Where `BlockSizeEnv`'s prompts, observations and outcomes come from.
+"""Where `BlockSizeEnv`'s prompts, observations and outcomes come from: the `Backend` contract.
 
 A backend knows a fixed list of prompts. `observe(i)` starts request i and returns its
 observation; `outcome(i, k, rng)` finishes it at block size `block_sizes[k]` and returns what
-happened. Two backends:
+happened. Three backends:
 
 - `TableBackend` replays a measured `RewardTable` (fast; deterministic under a seed);
+- `TraceBackend` replays exact acceptance traces with seconds simulated under a device profile
+  (fast, deterministic, noise-free, and valid on the machine the profile describes);
 - `LiveBackend` decodes for real with `bp_rl.measurement`, the same code that filled the table.
-"""
-
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from bp_rl.features import DEFAULT_FEATURE_SET
 from bp_rl.measurement import AUTOREGRESSIVE, DecodeSettings, finish_request, measure, start_request
 from bp_rl.prompts import DEFAULT_SUITE, load_prompts, render_prompt
-from bp_rl.rewards import SAMPLE_COLUMNS, TableView
+from bp_rl.trace_table import SimulatedRewards
+from bp_rl.traces import AcceptanceTrace
+from bp_rl.outcomes import SAMPLE_COLUMNS, TableView
 
 REPLAY_MODES = ("sample", "median")
 
@@ -32,6 +35,21 @@ class Outcome:
     cycles: int
     decode_seconds: float
     ar_tokens_per_second: float
+
+
+class Backend(Protocol):
+    """What `BlockSizeEnv` asks of a source of requests (a per-cycle `step` joins it with per-cycle decisions)."""
+
+    prompt_ids: list[str]
+    categories: list[str]
+    block_sizes: tuple[int, ...]
+    observation_dim: int
+
+    def observe(self, i: int, rng: np.random.Generator) -> np.ndarray:
+        """Start request i (prefill it, where that is real) and return its observation."""
+
+    def outcome(self, i: int, k: int, rng: np.random.Generator) -> Outcome:
+        """Finish the started request at block size `block_sizes[k]`."""
 
 
 class TableBackend:
@@ -58,6 +76,18 @@ class TableBackend:
             row = repeats[rng.integers(len(repeats))]
         tps, acceptance, new_tokens, cycles, seconds = row  # SAMPLE_COLUMNS
         return Outcome(tps, acceptance, int(new_tokens), int(cycles), seconds, self._ar[i])
+
+
+class TraceBackend(TableBackend):
+    """Replays traces under a profile: the table backend over rewards simulated from exact traces
+    (one deterministic outcome per prompt and block size), keeping the traces for per-cycle replay."""
+
+    def __init__(self, rewards: SimulatedRewards, split: str, feature_set: str = DEFAULT_FEATURE_SET):
+        super().__init__(rewards.view(feature_set, split), replay="median")
+        self.rewards = rewards
+
+    def trace(self, i: int) -> AcceptanceTrace:
+        return self.rewards.traces.trace(self.prompt_ids[i])
 
 
 class LiveBackend:

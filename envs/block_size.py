@@ -3,8 +3,9 @@
 `reset()` draws a prompt of the split with `self.np_random` and returns its observation;
 `step(a)` decodes it at `block_sizes[a]` and ends the episode with the reward. Where the
 prompts and outcomes come from is the backend's business (`envs.backends`): a measured table
-replayed, or live decoding. Build one with `make_table_env` / `make_live_env`, or
-`gymnasium.make("bp_rl/BlockSize-v0")` / `gymnasium.make("bp_rl/BlockSizeLive-v0")`.
+replayed, acceptance traces under a device profile, or live decoding. Build one with
+`make_table_env` / `make_trace_env` / `make_live_env`, or `gymnasium.make` of
+`bp_rl/BlockSize-v0` / `bp_rl/BlockSizeTrace-v0` / `bp_rl/BlockSizeLive-v0`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,14 @@ import numpy as np
 from bp_rl.features import DEFAULT_FEATURE_SET
 from bp_rl.measurement import DecodeSettings
 from bp_rl.prompts import DEFAULT_SUITE, SPLITS
-from bp_rl.rewards import DEFAULT_REWARD, RewardTable, TableView, check_reward, reward_value
-from envs.backends import LiveBackend, TableBackend
+from bp_rl.outcomes import DEFAULT_REWARD, TableView, check_reward, reward_value
+from bp_rl.profiles import DeviceProfile, default_profile
+from bp_rl.rewards import RewardTable
+from bp_rl.trace_table import SimulatedRewards, TraceTable
+from envs.backends import Backend, LiveBackend, TableBackend, TraceBackend
 
 DEFAULT_TABLE = "smollm2-135m-block-t0"
+DEFAULT_TRACES = "smollm2-135m-block-traces"
 
 
 class BlockSizeEnv(gym.Env):
@@ -35,7 +40,7 @@ class BlockSizeEnv(gym.Env):
 
     def __init__(
         self,
-        backend: TableBackend | LiveBackend,
+        backend: Backend,
         reward: str = DEFAULT_REWARD,
         oracle: TableView | None = None,
         obs_stats: tuple[np.ndarray, np.ndarray] | None = None,
@@ -118,21 +123,25 @@ def observation_stats(view: TableView) -> tuple[np.ndarray, np.ndarray]:
     return observations.mean(axis=0).astype(np.float32), np.maximum(observations.std(axis=0), 1e-6).astype(np.float32)
 
 
-def open_table(table: str | RewardTable, expect: dict | None = None) -> RewardTable:
-    """A table given by name, path or as an already open `RewardTable`, checked against `expect`."""
+def open_table(table: str | RewardTable | SimulatedRewards, expect: dict | None = None) -> RewardTable | SimulatedRewards:
+    """A table given by name, path or already open (a timed `RewardTable`, or traces under a profile),
+    checked against `expect`."""
+    if isinstance(table, SimulatedRewards):
+        table.traces.check(expect or {})
+        return table
     opened = table if isinstance(table, RewardTable) else RewardTable.load(table)
     return opened.check(expect or {})
 
 
 def make_table_env(
-    table: str | RewardTable = DEFAULT_TABLE,
+    table: str | RewardTable | SimulatedRewards = DEFAULT_TABLE,
     split: str = "train",
     feature_set: str = DEFAULT_FEATURE_SET,
     reward: str = DEFAULT_REWARD,
     replay: str = "sample",
     normalize_obs: bool = False,
     expect: dict | None = None,
-    train_table: str | RewardTable | None = None,
+    train_table: str | RewardTable | SimulatedRewards | None = None,
 ) -> BlockSizeEnv:
     """Replay `table` (a shipped name, a .sqlite path or an open table) on one split of its prompts.
 
@@ -147,6 +156,36 @@ def make_table_env(
     stats_table = rewards if train_table is None else open_table(train_table)
     stats = observation_stats(stats_table.view(feature_set, "train")) if normalize_obs else None
     return BlockSizeEnv(TableBackend(view, replay), reward, oracle=view, obs_stats=stats)
+
+
+def simulated_rewards(traces: str | TraceTable = DEFAULT_TRACES, profile: str | DeviceProfile | None = None,
+                      expect: dict | None = None) -> SimulatedRewards:
+    """A trace table (name, path or open) under a profile (name, path or loaded; None: this machine's
+    shipped profile, else the closest shipped one)."""
+    opened = traces if isinstance(traces, TraceTable) else TraceTable.load(traces)
+    opened.check(expect or {})
+    if profile is None:
+        profile = default_profile(opened.meta["drafter_hash"])
+    return SimulatedRewards(opened, profile if isinstance(profile, DeviceProfile) else DeviceProfile.load(profile))
+
+
+def make_trace_env(
+    traces: str | TraceTable = DEFAULT_TRACES,
+    profile: str | DeviceProfile | None = None,
+    split: str = "train",
+    feature_set: str = DEFAULT_FEATURE_SET,
+    reward: str = DEFAULT_REWARD,
+    normalize_obs: bool = False,
+    expect: dict | None = None,
+) -> BlockSizeEnv:
+    """Replay exact T=0 acceptance traces on one split, with seconds simulated under `profile`:
+    deterministic and noise-free; the rewards are those of the machine the profile describes."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {list(SPLITS)}")
+    rewards = simulated_rewards(traces, profile, expect)
+    backend = TraceBackend(rewards, split, feature_set)
+    stats = observation_stats(rewards.view(feature_set, "train")) if normalize_obs else None
+    return BlockSizeEnv(backend, reward, oracle=backend.view, obs_stats=stats)
 
 
 def make_live_env(

@@ -3,6 +3,7 @@
     python experiments/run.py agent=ppo                       # the shipped table, test split
     python experiments/run.py agent=linucb seed=1 env.reward=speedup
     python experiments/run.py agent=oracle env=live env.max_prompts=20   # evaluate by real decoding
+    python experiments/run.py agent=linucb env=trace env.profile=NAME    # exact traces under a device profile
     python experiments/run.py -m agent=ppo,linucb,oracle,grid seed=0,1,2 # a sweep; then report.py
     python experiments/run.py agent=oracle env.table=smollm2-135m-block-t1 env.folds=4   # cross-validated
 
@@ -26,12 +27,14 @@ from omegaconf import DictConfig, OmegaConf
 from agents import FitData, LabelledSet, Logger, agent_policy, best_policy, make_agent, run_policies, summarise
 from agents.base import agent_class, seed_everything
 from bp_rl.rewards import RewardTable
-from envs import make_live_env, make_table_env
+from bp_rl.trace_table import SimulatedRewards
+from envs import make_live_env, make_table_env, simulated_rewards
 from reporting import comparison_table, plot_block_histogram, plot_learning_curve, plot_per_category
 from tracking import Tracker
 
 
 CONF = Path(__file__).parent / "conf"
+BACKENDS = ("table", "trace", "live")
 
 
 def route_plugin_agents(argv: list[str]) -> list[str]:
@@ -49,11 +52,11 @@ def route_plugin_agents(argv: list[str]) -> list[str]:
     return routed
 
 
-def build_envs(cfg: DictConfig, table: RewardTable, eval_table: RewardTable):
+def build_envs(cfg: DictConfig, table: RewardTable | SimulatedRewards, eval_table: RewardTable | SimulatedRewards):
     """(training env, evaluation env, train labels, val labels) as the config asks.
 
     Training always uses the train split of `table` (val for early stopping); evaluation uses
-    `env.split`, replayed from `eval_table`'s medians or decoded live.
+    `env.split`, replayed from `eval_table`'s medians (simulated ones for traces) or decoded live.
     """
     env = cfg.env
 
@@ -69,7 +72,7 @@ def build_envs(cfg: DictConfig, table: RewardTable, eval_table: RewardTable):
 
     train_env = replayed("train", env.replay)
     train, val = (LabelledSet.from_view(table.view(env.feature_set, s), env.reward, train_env.normalise) for s in ("train", "val"))
-    if env.backend == "table":
+    if env.backend in ("table", "trace"):
         return train_env, replayed(env.split, "median", eval_table), train, val
     return (live("train") if env.train_live else train_env), live(env.split, env.max_prompts), train, val
 
@@ -107,8 +110,8 @@ def train_and_evaluate(cfg: DictConfig, table: RewardTable, eval_table: RewardTa
 
 @hydra.main(config_path="conf", config_name="run", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    if cfg.env.backend not in ("table", "live"):
-        raise ValueError(f"unknown env backend {cfg.env.backend!r}; valid: ['table', 'live'] (env=table or env=live)")
+    if cfg.env.backend not in BACKENDS:
+        raise ValueError(f"unknown env backend {cfg.env.backend!r}; valid: {list(BACKENDS)} (env=table, env=trace or env=live)")
     folds = cfg.env.get("folds")
     if folds is not None and cfg.env.backend != "table":
         raise ValueError(f"env.folds={folds!r} re-splits a measured table; it does not apply to env.backend={cfg.env.backend!r}")
@@ -118,7 +121,11 @@ def main(cfg: DictConfig) -> None:
     seed_everything(cfg.seed)
 
     expect = {"target": cfg.model.target, "drafter": cfg.model.drafter}
-    table = RewardTable.load(cfg.env.table, expect=expect)
+    if cfg.env.backend == "trace":
+        table = simulated_rewards(cfg.env.traces, cfg.env.profile, expect)
+        print(f"rewards SIMULATED from the traces {table.path.name} under profile {table.profile.name!r} ({table.profile.kind}: {table.profile.device})")
+    else:
+        table = RewardTable.load(cfg.env.table, expect=expect)
     eval_table = table if cfg.env.get("eval_table") is None else RewardTable.load(cfg.env.eval_table, expect=expect)
     if eval_table.block_sizes != table.block_sizes:
         raise ValueError(
@@ -146,6 +153,7 @@ def main(cfg: DictConfig) -> None:
         "split": cfg.env.split,
         "env": cfg.env.backend,
         "table": str(table.path),
+        "profile": table.profile.name if isinstance(table, SimulatedRewards) else None,
         "eval_table": str(eval_table.path),
         "reward": cfg.env.reward,
         "folds": folds,

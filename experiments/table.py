@@ -1,6 +1,7 @@
-"""Inspect, merge and publish reward tables.
+"""Inspect, merge and publish reward tables and trace tables.
 
     python experiments/table.py show smollm2-135m-block-t0 [--split test] [--reward speedup] [--block-sizes 1 4 8]
+    python experiments/table.py show runs/traces/t.sqlite --profile flat-amd-epyc   # a trace table, under a profile
     python experiments/table.py merge runs/tables/all.sqlite runs/tables/t.shard0of2.sqlite runs/tables/t.shard1of2.sqlite
     python experiments/table.py publish runs/tables/t.sqlite bp_rl/data/tables/t.sqlite
 
@@ -8,7 +9,8 @@
 autoregressive decoding, of every fixed block size, of the best fixed (grid) block and of the
 per-prompt best block, the headroom best/grid - 1, how often each size is a prompt's best, the
 mean acceptance length of each size, the noise between timed repeats and how much of the gap
-survives it; `--block-sizes` asks the same of a smaller action set. `publish` copies a consistent
+survives it; `--block-sizes` asks the same of a smaller action set. A trace table's tokens/s are
+simulated under the `--profile` named (and say so). `merge` and `publish` take either kind. `publish` copies a consistent
 snapshot (SQLite backup, safe while a collector is still writing) and compacts it, atomically.
 """
 
@@ -21,18 +23,46 @@ from pathlib import Path
 
 import numpy as np
 
-from bp_rl.rewards import ACCEPTANCE, DEFAULT_REWARD, MIN_GAP, REWARDS, TPS, RewardTable
+from bp_rl.outcomes import ACCEPTANCE, DEFAULT_REWARD, MIN_GAP, REWARDS, TPS
+from bp_rl.profiles import DeviceProfile, shipped_profiles
+from bp_rl.rewards import RewardTable
+from bp_rl.trace_table import TraceTable, is_trace_table
 from reporting import markdown_table
 
 
-def show(path: str, split: str | None, reward: str, block_sizes: list[int] | None = None) -> str:
-    table = RewardTable.load(path)
+def open_table(path: str) -> RewardTable | TraceTable:
+    return TraceTable.load(path) if is_trace_table(path) else RewardTable.load(path)
+
+
+def show(path: str, split: str | None, reward: str, block_sizes: list[int] | None = None, profile: str | None = None) -> str:
+    table = open_table(path)
     meta = table.meta
+    if isinstance(table, TraceTable):
+        if profile is None:
+            raise ValueError(f"{path} is a trace table: name a device profile (--profile NAME); shipped: {shipped_profiles()}")
+        timing = DeviceProfile.load(profile)
+
+        def view_of(split_name):
+            return table.view(any_features, split_name, timing)
+
+        source = [f"exact T=0 acceptance traces of {table.summary()['prompts']} prompts; tokens/s SIMULATED under profile "
+                  f"{timing.name!r} ({timing.kind}: {timing.device})"]
+    else:
+        if profile is not None:
+            raise ValueError(f"--profile applies to trace tables; {path} is a timed reward table")
+        def view_of(split_name):
+            return table.view(any_features, split_name)
+
+        source = [
+            *[f"measured on {m['device']}, torch {m['torch']}, transformers {m['transformers']}: {rows} decodes"
+              for m, rows in zip(table.machines, table.rows_per_machine())],
+            f"{table.summary()['runs']} timed decodes",
+        ]
     any_features = next(iter(table.feature_sets))  # observations play no part here
-    view = table.view(any_features, split)
+    view = view_of(split)
     # grid is chosen on the training split, as an agent would; fall back to this split if absent
     try:
-        grid_view, grid_split = table.view(any_features, "train"), "train"
+        grid_view, grid_split = view_of("train"), "train"
     except ValueError:
         grid_view, grid_split = view, "this split"
     if block_sizes:
@@ -42,12 +72,8 @@ def show(path: str, split: str | None, reward: str, block_sizes: list[int] | Non
     best = view.best_blocks(reward)
     lines = [
         f"table {table.path.name}: target {meta['target']}, drafter {meta['drafter']} ({meta['drafter_hash']}), {meta['settings']}",
-        *[
-            f"measured on {m['device']}, torch {m['torch']}, transformers {m['transformers']}: {rows} decodes"
-            for m, rows in zip(table.machines, table.rows_per_machine())
-        ],
-        f"{table.summary()['runs']} timed decodes; {len(view)} complete prompts in split {split or 'all'}; "
-        f"reward {reward}; grid block (chosen on {grid_split}): {view.block_sizes[grid]}",
+        *source,
+        f"{len(view)} complete prompts in split {split or 'all'}; reward {reward}; grid block (chosen on {grid_split}): {view.block_sizes[grid]}",
         "",
     ]
     headers = ["category", "prompts", "AR tok/s", *[f"b{b}" for b in view.block_sizes], "grid", "best", "headroom best/grid-1", "best≠grid"]
@@ -84,21 +110,28 @@ def show(path: str, split: str | None, reward: str, block_sizes: list[int] | Non
             f"{ceiling[0]:.2f} of the grid-to-best gap ({ceiling[1]} prompts with repeats); "
             "a policy learning from one-repeat labels aims at this, not at 1.0"
         )
-    loads = [row[0] for row in table.db.execute("SELECT load FROM runs WHERE load IS NOT NULL")]
+    loads = [] if isinstance(table, TraceTable) else [row[0] for row in table.db.execute("SELECT load FROM runs WHERE load IS NOT NULL")]
     if loads:
         lines.append(f"1-min load average while measuring: median {np.median(loads):.2f}, max {max(loads):.2f}")
     return "\n".join(lines)
 
 
 def merge(out: str, inputs: list[str]) -> str:
-    first = RewardTable.load(inputs[0])
-    table = RewardTable.create_or_resume(out, first.meta)
-    added = sum(table.merge_from(RewardTable.load(path)) for path in inputs)
-    return f"{out}: {added} rows added, {len(table.done_keys())} in all"
+    first = open_table(inputs[0])
+    kind = type(first)
+    table = kind.create_or_resume(out, first.meta)
+    added = 0
+    for path in inputs:
+        other = open_table(path)
+        if not isinstance(other, kind):
+            raise ValueError(f"{path} is a {type(other).__name__}, {inputs[0]} a {kind.__name__}: merge tables of one kind")
+        added += table.merge_from(other)
+    held = len(table.done_prompts()) if isinstance(table, TraceTable) else len(table.done_keys())
+    return f"{out}: {added} rows added, {held} {'traced prompts' if isinstance(table, TraceTable) else 'timed decodes'} in all"
 
 
 def publish(source: str, destination: str) -> str:
-    RewardTable.load(source)  # validate before copying
+    open_table(source)  # validate before copying
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     tmp = destination.with_name(f".{destination.name}.tmp{os.getpid()}")
@@ -107,8 +140,8 @@ def publish(source: str, destination: str) -> str:
         src.backup(dst)
         dst.execute("VACUUM")
     os.replace(tmp, destination)
-    table = RewardTable.load(destination)
-    return f"{destination}: {table.summary()['runs']} rows, {destination.stat().st_size / 1e6:.2f} MB"
+    summary = open_table(str(destination)).summary()
+    return f"{destination}: {summary.get('runs', summary.get('prompts'))} rows, {destination.stat().st_size / 1e6:.2f} MB"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split", choices=["train", "val", "test"], default=None)
     p.add_argument("--reward", choices=REWARDS, default=DEFAULT_REWARD)
     p.add_argument("--block-sizes", type=int, nargs="+", default=None, help="only these block sizes, e.g. 1 4 8")
+    p.add_argument("--profile", default=None, help="trace tables: the device profile to simulate seconds under (name or JSON path)")
     p = commands.add_parser("merge", help="merge shards (same settings) into one table")
     p.add_argument("out")
     p.add_argument("inputs", nargs="+")
@@ -128,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         if args.command == "show":
-            print(show(args.table, args.split, args.reward, args.block_sizes))
+            print(show(args.table, args.split, args.reward, args.block_sizes, args.profile))
         elif args.command == "merge":
             print(merge(args.out, args.inputs))
         else:

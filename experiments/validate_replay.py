@@ -19,7 +19,8 @@ from tqdm import tqdm
 from bp_rl import load_drafter, load_target
 from bp_rl.measurement import AUTOREGRESSIVE, DecodeSettings, measure
 from bp_rl.prompts import load_prompts, render_prompt
-from bp_rl.rewards import TPS, RewardTable
+from bp_rl.outcomes import TPS
+from bp_rl.rewards import RewardTable
 from bp_rl.timing import machine_load_note
 from reporting import markdown_table
 

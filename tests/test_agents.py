@@ -14,7 +14,8 @@ import pytest
 
 from agents import FitData, LabelledSet, agent_names, agent_policy, best_policy, make_agent, run_policies, run_policy, summarise
 from agents.base import Agent
-from bp_rl.rewards import MIN_GAP, RewardTable
+from bp_rl.outcomes import MIN_GAP
+from bp_rl.rewards import RewardTable
 from envs import make_table_env
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,8 @@ from tqdm import tqdm
 import bp_rl.collection as collection
 from bp_rl.collection import parse_shard, plan_rows, shard_path
 from bp_rl.measurement import AUTOREGRESSIVE
-from bp_rl.rewards import RewardTable, TableView, reward_value
+from bp_rl.outcomes import TableView, reward_value
+from bp_rl.rewards import RewardTable
 from conftest import TINY_BLOCKS, build_tiny_table, tiny_prompts, tiny_table_models
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from drafters import greedy_sequence, overfit_drafter
 
-from bp_rl import SpeculativeDecoder, speculative_generate
-from bp_rl.traces import trace_request
+from bp_rl import PromptLookupDrafter, SpeculativeDecoder, speculative_generate
+from bp_rl.measurement import DecodeSettings, measure
+from bp_rl.traces import effective_block, trace_request
 
 PROMPT, NEW = [5, 6, 7, 8, 9], 40
 BLOCKS = (1, 2, 4, 8)
@@ -49,7 +51,41 @@ def test_per_cycle_schedule_replay_equals_live_decoding(tiny_target, trained, tr
 def test_confidence_is_a_probability_per_drafted_slot(trace):
     for b in BLOCKS:
         assert len(trace.confidence[b]) == len(trace.tokens) - 1
-        assert all(len(c) == b - 1 and all(0 < p <= 1 for p in c) for c in trace.confidence[b])
+        for i, slots in enumerate(trace.confidence[b]):
+            drafted = effective_block(b, i, NEW) - 1  # near the budget a cycle drafts fewer slots
+            assert len(slots) == b - 1 and all(0 < p <= 1 for p in slots[:drafted]) and not any(slots[drafted:])
+
+
+def test_replay_is_exact_when_the_budget_cuts_the_last_blocks_short(tiny_target, trained):
+    """Decoding drafts fewer slots once the budget is near; a block drafter's shorter block drafts
+    differently, and the trace must draft what decoding drafts."""
+    budget = 13
+    trace = trace_request(tiny_target, trained, PROMPT, BLOCKS, max_new_tokens=budget, stop_token_ids=[])
+    for block_size in BLOCKS:
+        live = speculative_generate(tiny_target, trained, PROMPT, block_size, max_new_tokens=budget, stop_token_ids=[])
+        assert trace.acceptance_lengths(block_size) == live.stats.acceptance_lengths
+
+
+def test_prompt_lookup_traces_replay_live_decoding(tiny_target):
+    lookup = PromptLookupDrafter(max_block_size=8)
+    prompt = [5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6]  # repetitive, so lookup finds matches
+    trace = trace_request(tiny_target, lookup, prompt, BLOCKS, max_new_tokens=NEW, stop_token_ids=[])
+    for block_size in BLOCKS:
+        live = speculative_generate(tiny_target, lookup, prompt, block_size, max_new_tokens=NEW, stop_token_ids=[])
+        assert trace.tokens == live.token_ids
+        assert trace.acceptance_lengths(block_size) == live.stats.acceptance_lengths
+
+
+def test_observations_are_the_ones_a_timed_measurement_reads(tiny_target, trained):
+    trace = trace_request(tiny_target, trained, PROMPT, (1, 2), max_new_tokens=8, feature_sets=("last_hidden", "logit_stats"))
+    measured = measure(tiny_target, trained, PROMPT, 2, DecodeSettings(max_new_tokens=8), ("last_hidden", "logit_stats"))
+    for name, vector in measured.observations.items():
+        np.testing.assert_allclose(trace.observations[name], vector, rtol=1e-5, atol=1e-6)
+
+
+def test_temperature_above_zero_is_refused(tiny_target, trained):
+    with pytest.raises(ValueError, match="temperature 0 only"):
+        trace_request(tiny_target, trained, PROMPT, (1, 2), temperature=1.0)
 
 
 def test_block_size_outside_the_trace_or_the_drafter_is_rejected(tiny_target, trained, trace):

@@ -1,0 +1,71 @@
+"""Collect acceptance traces: every prompt's exact T=0 trace at every block size, and its observations.
+
+    python experiments/collect_traces.py                               # the shipped drafter, whole suite
+    python experiments/collect_traces.py drafter=prompt-lookup
+    python experiments/collect_traces.py -m shard=0/2,1/2 threads=1 hydra/launcher=joblib   # two processes
+    python experiments/table.py merge runs/traces/all.sqlite runs/traces/*.shard*.sqlite
+
+A trace holds no timing: collect it anywhere, with anything else running, and get rewards on any
+machine from a device profile (`experiments/profile_device.py`). Crash-safe and resumable: each
+prompt is one SQLite transaction and a re-run skips the prompts already traced. Like
+`collect.py`, it honours `<out>.pause` (`experiments/paused.sh`), so timed work can run beside it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from bp_rl import load_drafter, load_target
+from bp_rl.collection import parse_shard, shard_path, table_metadata, wait_while_paused
+from bp_rl.measurement import DecodeSettings
+from bp_rl.prompts import SPLITS, load_prompts, render_prompt
+from bp_rl.trace_table import TraceTable
+from bp_rl.traces import trace_request
+
+
+@hydra.main(config_path="conf", config_name="collect_traces", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    index, count = parse_shard(cfg.shard)
+    unknown = sorted(set(cfg.splits) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"unknown split(s) {unknown}; valid: {list(SPLITS)}")
+    if cfg.threads is not None:
+        torch.set_num_threads(int(cfg.threads))
+    target = load_target(cfg.target, device=cfg.device)
+    drafter = load_drafter(cfg.drafter, target)
+    block_sizes = [int(b) for b in cfg.block_sizes]
+    prompts = sorted((p for split in cfg.splits for p in load_prompts(cfg.suite, split=split)), key=lambda p: p.id)[index::count]
+    if not prompts:
+        raise ValueError(f"no prompts to trace in splits {list(cfg.splits)} of suite {cfg.suite!r} (shard {cfg.shard})")
+
+    feature_sets = tuple(cfg.feature_sets)
+    first = trace_request(target, drafter, render_prompt(prompts[0], target.tokenizer), block_sizes, 2, feature_sets=feature_sets)
+    dims = {name: int(vector.shape[0]) for name, vector in first.observations.items()}
+    meta = table_metadata(target, drafter, cfg.drafter, cfg.suite, DecodeSettings(cfg.max_new_tokens), block_sizes, dims, " ".join(sys.argv))
+    out = shard_path(Path(hydra.utils.to_absolute_path(cfg.out)), index, count)
+    table = TraceTable.create_or_resume(out, meta)
+    done = table.done_prompts()
+    todo = [p for p in prompts if p.id not in done][: cfg.max_prompts]
+    print(f"{out}: {len(done)} prompts traced, {len(todo)} to go ({cfg.drafter}, block sizes {block_sizes})")
+
+    pause_file = out.with_name(out.name + ".pause")
+    bar = tqdm(todo, unit="prompt", smoothing=0.05)
+    for prompt in bar:
+        wait_while_paused(pause_file, bar)
+        started = time.perf_counter()
+        trace = trace_request(target, drafter, render_prompt(prompt, target.tokenizer), block_sizes, cfg.max_new_tokens, feature_sets=feature_sets)
+        table.add(prompt, trace, time.perf_counter() - started)
+        bar.set_postfix(prompt=prompt.id, accepted=f"{sum(trace.acceptance_lengths(max(block_sizes))) / max(1, len(trace.acceptance_lengths(max(block_sizes)))):.2f}")
+    table.close()
+    print(f"done: {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Measure the device cost profile of this machine: what each pass of speculative decoding costs here.
+
+    python experiments/profile_device.py                        # the embedded target and shipped drafter
+    python experiments/profile_device.py drafter=default repeats=20
+
+Times (median of repeats, after warm-up, device-synchronised) a target forward over n tokens at
+several context lengths, a drafter proposal at every block size, prefills of several lengths and
+the per-cycle overhead of the decoding loop, and writes them with the device's name and library
+versions as one JSON (`bp_rl.DeviceProfile`). With `flat=true` it also writes the `flat` model
+profile derived from it (every cycle costs one 1-token step: a model, labelled so). A trace table
+collected anywhere then gives this machine's tokens/s: `run.py env=trace env.profile=<name>`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from bp_rl import load_drafter, load_target
+from bp_rl.profiles import flat_profile, measure_profile
+from bp_rl.timing import device_name
+
+
+def device_slug(device: str) -> str:
+    """'CPU AMD EPYC (2 threads)' -> 'cpu-amd-epyc-2t': a file-name-safe machine name."""
+    slug = re.sub(r"\((\d+) threads\)", r"\1t", device.lower())
+    slug = re.sub(r"\(r\)|\(tm\)|processor|cpu @.*", "", slug)
+    return re.sub(r"[^a-z0-9]+", "-", slug).strip("-")
+
+
+@hydra.main(config_path="conf", config_name="profile_device", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    target = load_target(cfg.target, device=cfg.device)
+    drafter = load_drafter(cfg.drafter, target)
+    name = cfg.name or f"{cfg.target}_{cfg.drafter}_{device_slug(device_name(target.device))}"
+    started = time.perf_counter()
+    profile = measure_profile(
+        target, drafter, cfg.drafter, name, tuple(cfg.block_sizes), tuple(cfg.contexts), tuple(cfg.prompt_lengths), cfg.repeats
+    )
+    out_dir = Path(hydra.utils.to_absolute_path(cfg.out_dir))
+    print(f"{profile.device}: measured in {time.perf_counter() - started:.0f} s -> {profile.save(out_dir / f'{name}.json')}")
+    one_step = {c: round(t * 1e3, 1) for c, t in profile.verify[1].items()}
+    print(f"1-token target step (ms by context): {one_step}; overhead per cycle {profile.overhead * 1e3:.2f} ms")
+    print("verify ms by block (shortest context): " + ", ".join(f"b{b}: {min(by_c.items())[1] * 1e3:.1f}" for b, by_c in profile.verify.items()))
+    print("draft ms by block: " + ", ".join(f"b{b}: {t * 1e3:.1f}" for b, t in profile.draft.items()))
+    if cfg.flat:
+        flat = flat_profile(profile)
+        print(f"model profile {flat.name!r} -> {flat.save(out_dir / f'{flat.name}.json')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Do acceptance traces (and a device profile) reproduce timed decoding? Compare them with a timed table.
+
+    python experiments/validate_traces.py --traces runs/traces/t.sqlite --table smollm2-135m-block-t0-amd \
+        --profile smollm2-135m_smollm2-135m-block_cpu-amd-epyc-2t [--speed-prompts 5]
+
+1. Exactness (machine-independent): for every (prompt, block size) in both, whether the trace's replay
+   of a fixed-block decode gives the acceptance sequence the timed decode recorded, cycle for cycle.
+   Every mismatch is listed with its first differing cycle.
+2. With `--profile`: simulated vs timed tokens/s per (prompt, block size): median absolute error,
+   the per-prompt Spearman rank correlation over block sizes and how often both pick the same best
+   block; beside it the same figures for one timed repeat against the median of the others (what
+   the timed table itself reproduces). The profile must come from the CPU model that timed the table.
+3. With `--speed-prompts N`: the cost of tracing a prompt (every block size) against one repeat of
+   timed collection (the baseline and every block size), both timed here in this run. Run it on an
+   otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from bp_rl.outcomes import AUTOREGRESSIVE, TPS
+from bp_rl.profiles import DeviceProfile
+from bp_rl.rewards import RewardTable
+from bp_rl.trace_table import SimulatedRewards, TraceTable
+from reporting import markdown_table
+from validate_replay import spearman
+
+
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    """Index of the first cycle where the two sequences differ (None: equal)."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def exactness(traces: TraceTable, table: RewardTable, split: str | None) -> list[str]:
+    traced = {pid for pid, _, s in traces.traced_prompts(split)}
+    rows = table.db.execute("SELECT prompt_id, block_size, repeat, new_tokens, acceptance FROM runs ORDER BY prompt_id, block_size, repeat")
+    pairs, equal, cycles, agreeing, mismatches, repeat_disagreements = 0, 0, 0, 0, [], 0
+    seen: dict[tuple[str, int], list[int]] = {}
+    cache: dict[str, object] = {}
+    for pid, block, repeat, new_tokens, acceptance in rows:
+        if pid not in traced:
+            continue
+        live = list(np.frombuffer(acceptance, dtype=np.uint8))
+        if (pid, block) in seen:  # further repeats: at T=0 they must agree with the first
+            repeat_disagreements += live != seen[(pid, block)]
+            continue
+        seen[(pid, block)] = live
+        trace = cache.setdefault(pid, traces.trace(pid))
+        replayed = trace.acceptance_lengths(1 if block == AUTOREGRESSIVE else block)
+        pairs += 1
+        cycles += len(live)
+        where = first_difference(live, replayed)
+        if where is None:
+            equal += 1
+            agreeing += len(live)
+        else:
+            agreeing += where
+            mismatches.append((pid, block, where, live[where : where + 3], replayed[where : where + 3], new_tokens, len(trace.tokens)))
+    lines = [
+        f"exactness: {equal} of {pairs} (prompt, block) pairs replay the timed decode's acceptance sequence exactly "
+        f"({equal / max(1, pairs):.1%}); {agreeing} of {cycles} cycles agree up to each pair's first difference "
+        f"({agreeing / max(1, cycles):.2%}); timed repeats disagreeing with their first repeat: {repeat_disagreements}",
+    ]
+    if mismatches:
+        lines.append(markdown_table(
+            [[pid, "AR" if b == AUTOREGRESSIVE else str(b), str(w), str(live), str(rep), str(n_live), str(n_trace)] for pid, b, w, live, rep, n_live, n_trace in mismatches],
+            ["prompt", "block", "first differing cycle", "timed (from there)", "trace (from there)", "timed new tokens", "traced new tokens"],
+        ))
+    return lines
+
+
+def timing_agreement(traces: TraceTable, table: RewardTable, profile: DeviceProfile, split: str | None) -> list[str]:
+    features = next(iter(traces.feature_sets))
+    timed = table.view(features, split)
+    simulated = SimulatedRewards(traces, profile).view(features, split)
+    common = [pid for pid in timed.prompt_ids if pid in set(simulated.prompt_ids)]
+    t_index = [timed.prompt_ids.index(p) for p in common]
+    s_index = [simulated.prompt_ids.index(p) for p in common]
+    blocks = timed.block_sizes
+    t_tps = np.column_stack([timed.ar_tokens_per_second[t_index], timed.median(TPS)[t_index]])
+    s_tps = np.column_stack([simulated.ar_tokens_per_second[s_index], simulated.median(TPS)[s_index][:, [simulated.block_sizes.index(b) for b in blocks]]])
+
+    def agreement(predicted: np.ndarray, measured: np.ndarray) -> tuple[float, float, float]:
+        error = np.median(np.abs(predicted / measured - 1))
+        rho = np.mean([spearman(p[1:], m[1:]) for p, m in zip(predicted, measured)])
+        same_best = np.mean(predicted[:, 1:].argmax(axis=1) == measured[:, 1:].argmax(axis=1))
+        return error, rho, same_best
+
+    sim = agreement(s_tps, t_tps)
+    # the timed table against itself: repeat 0 predicting the median of the other repeats
+    held = [i for i in t_index if all(len(s) >= 3 for s in timed.samples[i]) and len(timed.ar_samples[i]) >= 3]
+    rows = [["simulated (trace x profile) vs timed median", str(len(common)), *[f"{v:.3f}" for v in (sim[0], sim[1], sim[2])]]]
+    if held:
+        first = np.array([[timed.ar_samples[i][0], *[s[0, TPS] for s in timed.samples[i]]] for i in held])
+        rest = np.array([[np.median(timed.ar_samples[i][1:]), *[np.median(s[1:, TPS]) for s in timed.samples[i]]] for i in held])
+        noise = agreement(first, rest)
+        rows.append(["timed repeat 0 vs median of the other repeats", str(len(held)), *[f"{v:.3f}" for v in noise]])
+    per_block = [["AR", f"{t_tps[:, 0].mean():.2f}", f"{s_tps[:, 0].mean():.2f}", f"{np.median(s_tps[:, 0] / t_tps[:, 0]):.3f}"]] + [
+        [f"b{b}", f"{t_tps[:, k + 1].mean():.2f}", f"{s_tps[:, k + 1].mean():.2f}", f"{np.median(s_tps[:, k + 1] / t_tps[:, k + 1]):.3f}"]
+        for k, b in enumerate(blocks)
+    ]
+    return [
+        f"timing: SIMULATED under profile {profile.name!r} ({profile.kind}, {profile.device}) vs the table timed on "
+        f"{', '.join(m['device'] for m in table.machines)}",
+        markdown_table(rows, ["comparison", "prompts", "median |error| per (prompt, block)", "mean Spearman rho per prompt", "same best block"]),
+        "",
+        markdown_table(per_block, ["block", "timed tok/s (mean)", "simulated tok/s (mean)", "median simulated/timed"]),
+    ]
+
+
+def collection_speed(traces: TraceTable, table: RewardTable, prompts: int) -> list[str]:
+    """Trace one prompt vs one timed repeat of it (baseline + every block size), alternating, in this run."""
+    from bp_rl import load_drafter, load_target
+    from bp_rl.measurement import DecodeSettings, measure
+    from bp_rl.prompts import load_prompts, render_prompt
+    from bp_rl.traces import trace_request
+
+    meta = traces.meta
+    target = load_target(meta["target"])
+    drafter = load_drafter(meta["drafter"], target)
+    settings = DecodeSettings(**table.meta["settings"])
+    chosen = load_prompts(meta["suite"], split="test")[:: 17][:prompts]
+    feature_sets = tuple(traces.feature_sets)
+    trace_seconds, timed_seconds = [], []
+    for prompt in chosen:
+        ids = target.encode(render_prompt(prompt, target.tokenizer))
+        started = time.perf_counter()
+        trace_request(target, drafter, ids, list(traces.block_sizes), settings.max_new_tokens, feature_sets=feature_sets)
+        trace_seconds.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        for block in (AUTOREGRESSIVE, *table.block_sizes):
+            measure(target, drafter, ids, block, settings, feature_sets if block == AUTOREGRESSIVE else (), seed=0)
+        timed_seconds.append(time.perf_counter() - started)
+    ratio = sum(timed_seconds) / sum(trace_seconds)
+    return [
+        f"collection speed ({len(chosen)} test prompts, this run): tracing {np.mean(trace_seconds):.1f} s per prompt (every block size), "
+        f"one timed repeat {np.mean(timed_seconds):.1f} s per prompt (AR + {len(table.block_sizes)} block sizes): {ratio:.1f}x per repeat, "
+        f"{3 * ratio:.1f}x against the 3 repeats the test split is timed with"
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--traces", required=True, help="a trace table (name or path)")
+    parser.add_argument("--table", required=True, help="a timed reward table of the same target, drafter and settings")
+    parser.add_argument("--profile", default=None, help="a device profile of the CPU model that timed the table")
+    parser.add_argument("--split", choices=["train", "val", "test"], default=None)
+    parser.add_argument("--speed-prompts", type=int, default=0, help="also time tracing against timed collection on N prompts")
+    args = parser.parse_args()
+    try:
+        traces, table = TraceTable.load(args.traces), RewardTable.load(args.table)
+        for key in ("target", "drafter_hash", "suite"):
+            if traces.meta[key] != table.meta[key]:
+                raise ValueError(f"{key}: the traces have {traces.meta[key]!r}, the table {table.meta[key]!r}")
+        if traces.meta["settings"]["max_new_tokens"] != table.meta["settings"]["max_new_tokens"] or table.meta["settings"]["temperature"] != 0:
+            raise ValueError(f"the table's settings {table.meta['settings']} are not the traces' {traces.meta['settings']} (T=0)")
+        profile = DeviceProfile.load(args.profile) if args.profile else None
+        if profile is not None and profile.device not in [m["device"] for m in table.machines] and profile.kind == "measured":
+            raise ValueError(f"profile {profile.name!r} was measured on {profile.device}; the table on {[m['device'] for m in table.machines]}: "
+                             "compare timings of one CPU model only")
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    lines = [f"traces {traces.path.name} ({traces.meta['drafter']}) vs timed table {table.path.name}, split {args.split or 'all'}", ""]
+    lines += exactness(traces, table, args.split)
+    if profile is not None:
+        lines += ["", *timing_agreement(traces, table, profile, args.split)]
+    if args.speed_prompts:
+        lines += ["", *collection_speed(traces, table, args.speed_prompts)]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
