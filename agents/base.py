@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from bp_rl.rewards import TableView
+from bp_rl.outcomes import TableView
 
 ENTRY_POINT_GROUP = "bp_rl.agents"
 

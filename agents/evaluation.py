@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from agents.base import Agent
-from bp_rl.rewards import gap_closed
+from bp_rl.outcomes import gap_closed
 
 Policy = Callable[[np.ndarray, int], int]  # (observation, prompt index) -> action
 
