@@ -8,6 +8,8 @@ happened. Three backends:
 - `TraceBackend` replays exact acceptance traces with seconds simulated under a device profile
   (fast, deterministic, noise-free, and valid on the machine the profile describes);
 - `LiveBackend` decodes for real with `bp_rl.measurement`, the same code that filled the table.
+"""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

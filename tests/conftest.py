@@ -62,16 +62,24 @@ def tiny_prompts() -> list:
     ]
 
 
+TINY_NEW_TOKENS = 12
+
+
+def tiny_token_ids(prompts) -> dict[str, list[int]]:
+    """The token ids of the tiny prompts (the same for every table built from them)."""
+    generator = torch.Generator().manual_seed(0)
+    return {p.id: torch.randint(2, 64, (5 + i,), generator=generator).tolist() for i, p in enumerate(prompts)}
+
+
 def build_tiny_table(path, target, drafter, rows=None, temperature=0.0, allow_new_machine=False, **overrides):
     """A real (tiny) reward table: every row decoded and timed by the collection loop."""
     from bp_rl.collection import collect_rows, plan_rows, table_metadata
     from bp_rl.measurement import DecodeSettings, measure
     from bp_rl.rewards import RewardTable
 
-    settings = DecodeSettings(max_new_tokens=12, temperature=temperature)
+    settings = DecodeSettings(max_new_tokens=TINY_NEW_TOKENS, temperature=temperature)
     prompts = tiny_prompts()
-    generator = torch.Generator().manual_seed(0)
-    token_ids = {p.id: torch.randint(2, 64, (5 + i,), generator=generator).tolist() for i, p in enumerate(prompts)}
+    token_ids = tiny_token_ids(prompts)
     warm = measure(target, drafter, token_ids["p00"], 2, settings, TINY_FEATURES)
     dims = {name: len(vector) for name, vector in warm.observations.items()}
     meta = table_metadata(target, drafter, "tiny", "tiny-suite", settings, TINY_BLOCKS, dims)
@@ -94,3 +102,45 @@ def tiny_table_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("tables") / "tiny.sqlite"
     build_tiny_table(path, *tiny_table_models()).close()
     return path
+
+
+def build_tiny_traces(path, target, drafter, prompts=None):
+    """A real (tiny) trace table of the tiny prompts: the same prompts, models and settings as the tiny reward table."""
+    from bp_rl.collection import table_metadata
+    from bp_rl.measurement import DecodeSettings
+    from bp_rl.trace_table import TraceTable
+    from bp_rl.traces import trace_request
+
+    prompts = tiny_prompts() if prompts is None else prompts
+    token_ids = tiny_token_ids(tiny_prompts())
+    traces = {p.id: trace_request(target, drafter, token_ids[p.id], TINY_BLOCKS, TINY_NEW_TOKENS, feature_sets=TINY_FEATURES) for p in prompts}
+    dims = {name: len(vector) for name, vector in next(iter(traces.values())).observations.items()}
+    meta = table_metadata(target, drafter, "tiny", "tiny-suite", DecodeSettings(max_new_tokens=TINY_NEW_TOKENS), TINY_BLOCKS, dims)
+    table = TraceTable.create_or_resume(path, meta)
+    for prompt in prompts:
+        table.add(prompt, traces[prompt.id], seconds=0.01)
+    return table
+
+
+def tiny_profile(target, drafter, name: str = "tiny-model"):
+    """A hand-written (model) profile for the tiny models: a verify pass costs more the more tokens it checks."""
+    from bp_rl.drafter import drafter_fingerprint
+    from bp_rl.profiles import DeviceProfile
+
+    return DeviceProfile(
+        name=name, kind="model", device="model: tiny", target=target.name, drafter="tiny", drafter_hash=drafter_fingerprint(drafter),
+        verify={b: {8: 0.010 + 0.002 * b, 64: 0.012 + 0.003 * b} for b in TINY_BLOCKS}, draft={b: 0.002 for b in TINY_BLOCKS if b > 1},
+        prefill={8: 0.02, 64: 0.05}, overhead=0.001, note="test model",
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_traces_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("traces") / "tiny-traces.sqlite"
+    build_tiny_traces(path, *tiny_table_models()).close()
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_profile_path(tmp_path_factory):
+    return tiny_profile(*tiny_table_models()).save(tmp_path_factory.mktemp("profiles") / "tiny-model.json")

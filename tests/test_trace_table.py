@@ -1,0 +1,166 @@
+"""The trace table: storage round trip, resume, merge, bad files; rewards simulated under a profile;
+the trace environment; and the replay of a timed table's decodes, cycle for cycle."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from conftest import TINY_BLOCKS, TINY_NEW_TOKENS, build_tiny_traces, tiny_profile, tiny_prompts, tiny_table_models, tiny_token_ids
+from gymnasium.utils.env_checker import check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import envs  # noqa: F401  (registers the ids)
+from bp_rl.profiles import DeviceProfile, simulate
+from bp_rl.rewards import RewardTable
+from bp_rl.trace_table import SimulatedRewards, TraceTable
+from bp_rl.traces import trace_request
+from envs import make_trace_env
+
+ROOT = Path(__file__).resolve().parents[1]
+FEATURES = "last_hidden+logit_stats"
+
+
+@pytest.fixture(scope="module")
+def models():
+    return tiny_table_models()
+
+
+def test_a_stored_trace_reads_back_as_traced(tiny_traces_path, models):
+    target, drafter = models
+    table = TraceTable.load(tiny_traces_path)
+    prompt = tiny_prompts()[3]
+    fresh = trace_request(target, drafter, tiny_token_ids(tiny_prompts())[prompt.id], TINY_BLOCKS, TINY_NEW_TOKENS)
+    stored = table.trace(prompt.id)
+    assert stored.tokens == fresh.tokens and stored.accepted == fresh.accepted and stored.prompt_tokens == fresh.prompt_tokens
+    for b in TINY_BLOCKS:
+        np.testing.assert_allclose(np.array(stored.confidence[b]).reshape(-1), np.array(fresh.confidence[b]).reshape(-1), atol=1e-3)
+    assert len(table.done_prompts()) == 12 and table.summary()["prompts"] == 12
+
+
+def test_traces_replay_every_timed_decode_of_the_tiny_table(tiny_traces_path, tiny_table_path):
+    """The validation script's exactness check on the tiny tables (same models, prompts and settings)."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from validate_traces import exactness
+
+    lines = exactness(TraceTable.load(tiny_traces_path), RewardTable.load(tiny_table_path), None)
+    assert lines[0].startswith("exactness: 48 of 48 (prompt, block) pairs") and "disagreeing with their first repeat: 0" in lines[0]
+
+
+def test_resume_is_idempotent_and_refuses_other_settings(tmp_path, models):
+    target, drafter = models
+    path = tmp_path / "t.sqlite"
+    build_tiny_traces(path, target, drafter, tiny_prompts()[:2]).close()
+    again = build_tiny_traces(path, target, drafter, tiny_prompts()[:3])  # one new prompt, two already there
+    assert len(again.done_prompts()) == 3
+    assert again.db.execute("SELECT COUNT(*) FROM traces").fetchone()[0] == 3
+    with pytest.raises(ValueError, match="other settings, refusing to mix them: block_sizes: table has \\[1, 2, 4\\], asked for \\[1, 2\\]"):
+        TraceTable.create_or_resume(path, {**again.meta, "block_sizes": [1, 2]})
+
+
+def test_shards_merge_into_the_whole(tmp_path, models, tiny_traces_path):
+    target, drafter = models
+    prompts = tiny_prompts()
+    halves = [build_tiny_traces(tmp_path / f"s{i}.sqlite", target, drafter, prompts[i::2]) for i in range(2)]
+    merged = TraceTable.create_or_resume(tmp_path / "all.sqlite", halves[0].meta)
+    assert sum(merged.merge_from(h) for h in halves) > 0
+    whole = TraceTable.load(tiny_traces_path)
+    assert merged.done_prompts() == whole.done_prompts()
+    assert merged.trace("p05") == whole.trace("p05")
+
+
+def test_bad_files_are_explained(tmp_path, tiny_table_path, tiny_traces_path):
+    truncated = tmp_path / "cut.sqlite"
+    truncated.write_bytes(Path(tiny_traces_path).read_bytes()[:3000])
+    with pytest.raises(ValueError, match="not a readable trace table"):
+        TraceTable.load(truncated)
+    with pytest.raises(ValueError, match="not a readable trace table"):
+        TraceTable.load(tiny_table_path)  # a reward table has no traces
+    with pytest.raises(ValueError, match="unknown trace table 'nope'; shipped: "):
+        TraceTable.load("nope")
+    with pytest.raises(ValueError, match="does not match what was asked for: drafter: table has 'tiny', asked for 'other'"):
+        TraceTable.load(tiny_traces_path, expect={"drafter": "other"})
+
+
+def test_simulated_rewards_are_the_simulated_decodes_and_say_so(tiny_traces_path, models):
+    target, drafter = models
+    traces, profile = TraceTable.load(tiny_traces_path), tiny_profile(target, drafter)
+    view = SimulatedRewards(traces, profile).view(FEATURES, "test")
+    assert view.simulated_under == "tiny-model" and len(view) == 3 and view.observations.shape[1] == 32 + 3
+    for i, pid in enumerate(view.prompt_ids):
+        trace = traces.trace(pid)
+        for k, b in enumerate(TINY_BLOCKS):
+            assert view.samples[i][k][0, 0] == pytest.approx(simulate(trace, profile, b).tokens_per_second)
+        assert view.ar_samples[i][0] == pytest.approx(simulate(trace, profile, 1).tokens_per_second)
+
+
+def test_profiles_that_do_not_fit_are_refused(tiny_traces_path, models, tmp_path):
+    target, drafter = models
+    traces = TraceTable.load(tiny_traces_path)
+    other = DeviceProfile(**{**tiny_profile(target, drafter).__dict__, "drafter_hash": "feedbeef", "drafter": "other"})
+    with pytest.raises(ValueError, match="does not fit tiny-traces.sqlite: drafter 'other' \\(feedbeef\\), the traces 'tiny'"):
+        SimulatedRewards(traces, other)
+    short = tiny_profile(target, drafter)
+    del short.verify[4]
+    with pytest.raises(ValueError, match="no cost for block sizes \\[4\\]"):
+        SimulatedRewards(traces, short)
+    (tmp_path / "bad.json").write_text("{\"name\": ")
+    with pytest.raises(ValueError, match="not a readable device profile"):
+        DeviceProfile.load(tmp_path / "bad.json")
+
+
+def test_trace_env_passes_the_checkers_and_rewards_the_simulated_speed(tiny_traces_path, tiny_profile_path):
+    env = make_trace_env(str(tiny_traces_path), str(tiny_profile_path), split="train", feature_set=FEATURES)
+    check_env(env, skip_render_check=True)
+    sb3_check_env(env, warn=True)
+    made = gym.make("bp_rl/BlockSizeTrace-v0", traces=str(tiny_traces_path), profile=str(tiny_profile_path), split="test", feature_set=FEATURES)
+    view = made.unwrapped.backend.view
+    for episode in range(6):  # deterministic: every visit of a (prompt, action) gets the same reward
+        _, info = made.reset(seed=episode)
+        i = view.prompt_ids.index(info["prompt_id"])
+        _, reward, terminated, _, step = made.step(episode % 3)
+        assert terminated and reward == pytest.approx(view.samples[i][episode % 3][0, 0])
+        assert step["oracle_block"] == view.block_sizes[int(view.rewards().argmax(axis=1)[i])]
+    assert made.unwrapped.backend.trace(0).tokens == TraceTable.load(tiny_traces_path).trace(view.prompt_ids[0]).tokens
+
+
+def test_run_py_trains_and_evaluates_on_traces(tiny_traces_path, tiny_profile_path, tmp_path):
+    overrides = ["env=trace", f"env.traces={tiny_traces_path}", f"env.profile={tiny_profile_path}", "agent=linucb",
+                 "model.target=tiny-llama", "model.drafter=tiny", f"env.feature_set={FEATURES}", "budget=128", "fixed_block_size=4",
+                 f"hydra.run.dir={tmp_path}"]
+    result = subprocess.run([sys.executable, str(ROOT / "experiments" / "run.py"), *overrides], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600, env={"WANDB_MODE": "disabled", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["env"] == "trace" and results["profile"] == "tiny-model" and set(results["references"]) >= {"grid", "best"}
+    assert "rewards SIMULATED from the traces tiny-traces.sqlite under profile 'tiny-model'" in result.stdout
+
+
+def test_table_py_shows_a_trace_table_under_a_profile_only(tiny_traces_path, tiny_profile_path):
+    show = [sys.executable, str(ROOT / "experiments" / "table.py"), "show", str(tiny_traces_path)]
+    result = subprocess.run([*show, "--profile", str(tiny_profile_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "SIMULATED under profile 'tiny-model' (model: model: tiny)" in result.stdout and "| all | 12 |" in result.stdout
+    result = subprocess.run(show, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "is a trace table: name a device profile (--profile NAME)" in result.stderr
+
+
+@pytest.mark.real_model
+def test_trace_collection_resumes_and_loses_nothing(tmp_path):
+    """collect_traces.py on the real embedded target: two prompts, then a re-run that adds one."""
+    out = tmp_path / "t.sqlite"
+    base = [sys.executable, str(ROOT / "experiments" / "collect_traces.py"), f"out={out}", "splits=[test]", "block_sizes=[1,4]",
+            "max_new_tokens=8", "feature_sets=[prompt_length]", f"hydra.run.dir={tmp_path / 'h'}"]
+    for more in (2, 1):
+        result = subprocess.run([*base, f"max_prompts={more}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    table = TraceTable.load(out)
+    assert len(table.done_prompts()) == 3 and table.meta["drafter"] == "smollm2-135m-block"
+    with sqlite3.connect(out) as db:
+        assert db.execute("SELECT COUNT(DISTINCT prompt_id) FROM observations").fetchone()[0] == 3
