@@ -254,6 +254,61 @@ def flat_profile(base: DeviceProfile) -> DeviceProfile:
     )
 
 
+@dataclass(frozen=True)
+class Accelerator:
+    """The two numbers a roofline needs (vendor datasheet figures, dense bf16)."""
+
+    name: str
+    memory_bandwidth: float  # bytes / s
+    peak_flops: float  # FLOP / s
+
+
+ACCELERATORS = {
+    "h200": Accelerator("NVIDIA H200 SXM", 4.8e12, 989e12),
+    "h100": Accelerator("NVIDIA H100 SXM", 3.35e12, 989e12),
+    "a100": Accelerator("NVIDIA A100 80GB SXM", 2.04e12, 312e12),
+}
+
+
+def roofline_profile(
+    target: Target, drafter: Drafter, drafter_name: str, accelerator: str = "h200", bytes_per_value: int = 2,
+    block_sizes: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16), contexts: tuple[int, ...] = (64, 256, 512, 1024),
+    prompt_lengths: tuple[int, ...] = (16, 64, 256, 512, 1024), launch_seconds: float = 0.0,
+) -> DeviceProfile:
+    """A model of `accelerator`, not a measurement: each pass takes max(bytes moved / bandwidth,
+    FLOPs / peak) + `launch_seconds`, where a target pass over n tokens at context c moves its weights
+    and the KV cache of c tokens and computes 2 x parameters x n + attention FLOPs; a drafter pass
+    moves its own layers and its (draft-vocabulary) head. Real passes are slower (kernel launches,
+    attention kernels, the Python loop): replace it with a measured profile wherever one exists."""
+    if accelerator not in ACCELERATORS:
+        raise ValueError(f"unknown accelerator {accelerator!r}; modelled: {sorted(ACCELERATORS)}")
+    chip = ACCELERATORS[accelerator]
+    config = target.model.config
+    layers, heads = config.num_hidden_layers, config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_bytes_per_token = layers * 2 * config.num_key_value_heads * head_dim * bytes_per_value
+    target_params = sum(p.numel() for p in target.model.parameters())
+
+    def seconds(bytes_moved: float, flops: float) -> float:
+        return max(bytes_moved / chip.memory_bandwidth, flops / chip.peak_flops) + launch_seconds
+
+    def target_pass(n: int, context: int) -> float:
+        attention = 4 * n * (context + n) * layers * heads * head_dim
+        return seconds(target_params * bytes_per_value + kv_bytes_per_token * (context + n), 2 * target_params * n + attention)
+
+    own = sum(p.numel() for p in drafter.parameters()) if isinstance(drafter, torch.nn.Module) else 0
+    head = drafter.draft_head().numel() if hasattr(drafter, "draft_head") else 0
+    draft = {b: seconds((own + head) * bytes_per_value, 2 * (own + head) * b) if own else 0.0 for b in block_sizes if b > 1}
+    return DeviceProfile(
+        name=f"roofline-{accelerator}_{target.name}_{drafter_name}", kind="model", device=f"model: roofline of {chip.name}",
+        target=target.name, drafter=drafter_name, drafter_hash=drafter_fingerprint(drafter),
+        verify={n: {c: target_pass(n, c) for c in contexts} for n in block_sizes}, draft=draft,
+        prefill={n: target_pass(n, 0) for n in prompt_lengths}, overhead=0.0, versions=library_versions(),
+        note=(f"model, not a measurement: roofline of {chip.name} ({chip.memory_bandwidth / 1e12:.2f} TB/s, "
+              f"{chip.peak_flops / 1e12:.0f} TFLOP/s dense bf16), {bytes_per_value}-byte weights, {launch_seconds * 1e6:.0f} us launch cost per pass"),
+    )
+
+
 def simulate(trace: AcceptanceTrace, profile: DeviceProfile, schedule) -> DecodeStats:
     """The decode a schedule gives on the trace, with seconds from the profile (simulated, not timed).
 

@@ -7,7 +7,8 @@ Times (median of repeats, after warm-up, device-synchronised) a target forward o
 several context lengths, a drafter proposal at every block size, prefills of several lengths and
 the per-cycle overhead of the decoding loop, and writes them with the device's name and library
 versions as one JSON (`bp_rl.DeviceProfile`). With `flat=true` it also writes the `flat` model
-profile derived from it (every cycle costs one 1-token step: a model, labelled so). A trace table
+profile derived from it (every cycle costs one 1-token step), and with `roofline=[h200]` roofline
+models of accelerators (from weight bytes, bandwidth and peak FLOPs): models, labelled so. A trace table
 collected anywhere then gives this machine's tokens/s: `run.py env=trace env.profile=<name>`.
 """
 
@@ -21,7 +22,7 @@ import hydra
 from omegaconf import DictConfig
 
 from bp_rl import load_drafter, load_target
-from bp_rl.profiles import flat_profile, measure_profile
+from bp_rl.profiles import flat_profile, measure_profile, roofline_profile
 from bp_rl.timing import device_name
 
 
@@ -36,12 +37,18 @@ def device_slug(device: str) -> str:
 def main(cfg: DictConfig) -> None:
     target = load_target(cfg.target, device=cfg.device)
     drafter = load_drafter(cfg.drafter, target)
+    out_dir = Path(hydra.utils.to_absolute_path(cfg.out_dir))
+    for accelerator in cfg.roofline:
+        model = roofline_profile(target, drafter, cfg.drafter, accelerator, block_sizes=tuple(cfg.block_sizes),
+                                 contexts=tuple(cfg.contexts), prompt_lengths=tuple(cfg.prompt_lengths))
+        print(f"model profile {model.name!r} -> {model.save(out_dir / f'{model.name}.json')}")
+    if not cfg.measure:
+        return
     name = cfg.name or f"{cfg.target}_{cfg.drafter}_{device_slug(device_name(target.device))}"
     started = time.perf_counter()
     profile = measure_profile(
         target, drafter, cfg.drafter, name, tuple(cfg.block_sizes), tuple(cfg.contexts), tuple(cfg.prompt_lengths), cfg.repeats
     )
-    out_dir = Path(hydra.utils.to_absolute_path(cfg.out_dir))
     print(f"{profile.device}: measured in {time.perf_counter() - started:.0f} s -> {profile.save(out_dir / f'{name}.json')}")
     one_step = {c: round(t * 1e3, 1) for c, t in profile.verify[1].items()}
     print(f"1-token target step (ms by context): {one_step}; overhead per cycle {profile.overhead * 1e3:.2f} ms")
@@ -50,7 +57,6 @@ def main(cfg: DictConfig) -> None:
     if cfg.flat:
         flat = flat_profile(profile)
         print(f"model profile {flat.name!r} -> {flat.save(out_dir / f'{flat.name}.json')}")
-
 
 if __name__ == "__main__":
     main()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from drafters import greedy_sequence, overfit_drafter
 
-from bp_rl.profiles import DeviceProfile, flat_profile, measure_profile, simulate
+from bp_rl.profiles import DeviceProfile, flat_profile, measure_profile, roofline_profile, simulate
 from bp_rl.traces import trace_request
 
 PROMPT, NEW = [5, 6, 7, 8, 9], 30
@@ -58,3 +58,14 @@ def test_bad_profiles_are_explained(tmp_path, setup, tiny_target):
         profile.check(tiny_target, overfit_drafter(tiny_target, greedy_sequence(tiny_target, PROMPT, NEW), len(PROMPT), steps=1), "other")
     with pytest.raises(ValueError, match="unknown profile kind 'guess'"):
         DeviceProfile(**{**profile.__dict__, "kind": "guess"})
+
+
+def test_roofline_model_is_labelled_and_memory_bound_for_small_blocks(setup, tiny_target):
+    drafter, _ = setup
+    model = roofline_profile(tiny_target, drafter, "overfit", "h200", block_sizes=(1, 2, 8), contexts=(16, 64), prompt_lengths=(8,))
+    assert model.kind == "model" and "not a measurement" in model.note and "H200" in model.device
+    # a tiny model on an H200 moves its weights in the same time whatever the block: flat verify cost
+    assert model.verify[1][16] == pytest.approx(model.verify[8][16], rel=0.05)
+    assert model.verify[8][64] >= model.verify[8][16] > 0 and model.draft[8] > 0
+    with pytest.raises(ValueError, match="unknown accelerator 'tpu'; modelled: \\['a100', 'h100', 'h200'\\]"):
+        roofline_profile(tiny_target, drafter, "overfit", "tpu")

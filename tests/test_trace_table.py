@@ -164,3 +164,23 @@ def test_trace_collection_resumes_and_loses_nothing(tmp_path):
     assert len(table.done_prompts()) == 3 and table.meta["drafter"] == "smollm2-135m-block"
     with sqlite3.connect(out) as db:
         assert db.execute("SELECT COUNT(DISTINCT prompt_id) FROM observations").fetchone()[0] == 3
+
+
+@pytest.mark.real_model
+def test_a_joblib_multirun_over_two_shards_merges_into_one_table(tmp_path):
+    """The scale-out route: one Hydra job per shard through the joblib launcher, then `table.py merge`."""
+    out = tmp_path / "t.sqlite"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "collect_traces.py"), "-m", "shard=0/2,1/2", "hydra/launcher=joblib",
+         "hydra.launcher.n_jobs=2", "threads=1", f"out={out}", "splits=[test]", "block_sizes=[1,4]", "max_new_tokens=4",
+         "max_prompts=1", "feature_sets=[prompt_length]", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    shards = sorted(tmp_path.glob("t.shard*of2.sqlite"))
+    assert [p.name for p in shards] == ["t.shard0of2.sqlite", "t.shard1of2.sqlite"]
+    merge = subprocess.run([sys.executable, str(ROOT / "experiments" / "table.py"), "merge", str(out), *map(str, shards)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert merge.returncode == 0, merge.stderr[-2000:]
+    assert "2 traced prompts in all" in merge.stdout
+    assert {p[0] for p in TraceTable.load(out).traced_prompts()} == set().union(*(TraceTable.load(s).done_prompts() for s in shards))
