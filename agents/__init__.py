@@ -7,6 +7,9 @@
 from agents.base import AGENTS, Agent, FitData, LabelledSet, Logger, agent_names, make_agent, register
 from agents.evaluation import agent_policy, best_policy, run_policies, run_policy, summarise
 
+# The built-ins register themselves on import; they import `agents.base`, which imports none of them.
+from agents import bandits, baselines, oracle, ppo  # noqa: E402, F401  isort: skip
+
 __all__ = [
     "AGENTS",
     "Agent",

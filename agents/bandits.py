@@ -83,8 +83,8 @@ class LinearBandit(Agent):
                 self._update(x, action, reward)
 
             window.append(reward)
-            if info["oracle_reward"] is not None:
-                regret = (regret or 0.0) + info["oracle_reward"] - reward
+            if info["best_reward"] is not None:
+                regret = (regret or 0.0) + info["best_reward"] - reward
             if (episode + 1) % log_every == 0 or episode + 1 == data.budget:
                 metrics = {"train/reward": float(np.mean(window)), "train/episodes": episode + 1}
                 if regret is not None:

@@ -164,8 +164,6 @@ def _load_plugins() -> None:
 
 
 def agent_names() -> list[str]:
-    import agents.builtin  # noqa: F401  (registers the built-ins)
-
     _load_plugins()
     return sorted(AGENTS)
 

@@ -3,7 +3,7 @@
 The policy is really run (observation in, action out, timed); outcomes come from the
 environment, so the same code scores an agent on a replayed table (`replay="median"`, exact
 and deterministic) or on live decoding. Summaries follow the evaluation protocol: tokens/s,
-speedup over autoregressive, acceptance, fraction of the oracle gap closed
+speedup over autoregressive, acceptance, fraction of the grid-to-best gap closed
 `(agent - grid) / (best - grid)` (not reported when best beats grid by under `MIN_GAP`, as
 that gap is timing noise), regret to the per-prompt best, per category, the chosen-block
 histogram and the decision time.
@@ -35,7 +35,7 @@ def best_policy(env) -> Policy:
     """The per-prompt optimum from the table: a reference, not an agent (it reads the answer)."""
 
     def policy(observation: np.ndarray, index: int) -> int:
-        action = env.oracle_action(index)
+        action = env.best_action(index)
         if action is None:
             raise ValueError("the per-prompt best is unknown for this environment: it needs a measured table")
         return action
@@ -98,8 +98,8 @@ def _metrics(records: list[dict], grid: list[dict] | None) -> dict:
         "regret": None,
         "gap_closed": None,
     }
-    if all(r["oracle_reward"] is not None for r in records):
-        best = _mean(records, "oracle_reward")
+    if all(r["best_reward"] is not None for r in records):
+        best = _mean(records, "best_reward")
         metrics["regret"] = best - metrics["reward"]
         if grid:
             metrics["gap_closed"] = gap_closed(metrics["reward"], _mean(grid, "reward"), best)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from bp_rl.drafter import Drafter, drafter_fingerprint
 from bp_rl.measurement import AUTOREGRESSIVE, DecodeSettings, measure
 from bp_rl.models import Target
-from bp_rl.prompts import Prompt
+from bp_rl.prompts import SPLITS, Prompt, load_prompts
 from bp_rl.rewards import SCHEMA_VERSION, RewardTable
 from bp_rl.timing import device_name
 
@@ -29,6 +29,18 @@ def parse_shard(shard: str) -> tuple[int, int]:
     if not (index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
         raise ValueError(f"shard must be 'i/n' with 0 <= i < n, got {shard!r}")
     return int(index), int(count)
+
+
+def shard_prompts(suite: str, splits: list[str], shard: str) -> list[Prompt]:
+    """The prompts of `splits` that shard 'i/n' takes: every n-th by id, from the i-th."""
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"unknown split(s) {unknown}; valid: {list(SPLITS)}")
+    index, count = parse_shard(shard)
+    prompts = sorted((p for split in splits for p in load_prompts(suite, split=split)), key=lambda p: p.id)[index::count]
+    if not prompts:
+        raise ValueError(f"no prompts in splits {list(splits)} of suite {suite!r} (shard {shard})")
+    return prompts
 
 
 def shard_path(out: Path, index: int, count: int) -> Path:

@@ -10,7 +10,7 @@ import json
 import sys
 
 from bp_rl.decoding import autoregressive_generate, speculative_generate
-from bp_rl.drafter import load_drafter
+from bp_rl.drafters import load_drafter
 from bp_rl.models import DEFAULT_TARGET, load_target
 from bp_rl.prompts import chat_prompt
 

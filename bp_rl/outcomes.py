@@ -13,6 +13,8 @@ from typing import Sequence
 import numpy as np
 
 AUTOREGRESSIVE = 0  # the block-size code of the baseline: plain decoding, no drafter at all
+# The default action set: the block sizes tables, traces and profiles are collected for.
+DEFAULT_BLOCK_SIZES = (1, 2, 3, 4, 6, 8, 12, 16)
 REWARDS = ("tokens_per_second", "speedup", "log_speedup", "acceptance_length")
 DEFAULT_REWARD = "tokens_per_second"
 # Columns of one replayable repeat in `TableView.samples`.
@@ -97,7 +99,7 @@ class TableView:
         ]
 
     def best_blocks(self, reward: str = DEFAULT_REWARD) -> np.ndarray:
-        """(N,) index of each prompt's best block size: the per-prompt oracle."""
+        """(N,) index of each prompt's best block size: the per-prompt best."""
         return self.rewards(reward).argmax(axis=1)
 
     def grid_block(self, reward: str = DEFAULT_REWARD) -> int:

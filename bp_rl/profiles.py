@@ -25,6 +25,7 @@ from transformers import DynamicCache
 from bp_rl.decoding import DecodeStats, SpeculativeDecoder
 from bp_rl.drafter import Drafter, drafter_fingerprint
 from bp_rl.models import Target
+from bp_rl.outcomes import DEFAULT_BLOCK_SIZES
 from bp_rl.timing import device_name, measure
 from bp_rl.traces import AcceptanceTrace
 
@@ -200,7 +201,7 @@ def measure_profile(
     drafter: Drafter,
     drafter_name: str,
     name: str,
-    block_sizes: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16),
+    block_sizes: tuple[int, ...] = DEFAULT_BLOCK_SIZES,
     contexts: tuple[int, ...] = (64, 256, 512),
     prompt_lengths: tuple[int, ...] = (16, 64, 256, 512),
     repeats: int = 10,
@@ -272,7 +273,7 @@ ACCELERATORS = {
 
 def roofline_profile(
     target: Target, drafter: Drafter, drafter_name: str, accelerator: str = "h200", bytes_per_value: int = 2,
-    block_sizes: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16), contexts: tuple[int, ...] = (64, 256, 512, 1024),
+    block_sizes: tuple[int, ...] = DEFAULT_BLOCK_SIZES, contexts: tuple[int, ...] = (64, 256, 512, 1024),
     prompt_lengths: tuple[int, ...] = (16, 64, 256, 512, 1024), launch_seconds: float = 0.0,
 ) -> DeviceProfile:
     """A model of `accelerator`, not a measurement: each pass takes max(bytes moved / bandwidth,

@@ -68,13 +68,11 @@ def shipped_table(name: str) -> Path:
     return table_file.locate(name, SHIPPED_TABLES_DIR, "reward table")
 
 
-class RewardTable:
+class RewardTable(table_file.TableFile):
     """One measured reward table file. Open with `create_or_resume` (to collect) or `load` (to read)."""
 
     def __init__(self, path: Path, connection: sqlite3.Connection, meta: dict, resplit: dict[str, str] | None = None):
-        self.path = path
-        self.db = connection
-        self.meta = meta
+        super().__init__(path, connection, meta)
         self.resplit = resplit  # prompt id -> split, overriding the measured one (cross-validation)
         self.machine: int | None = None  # index into `machines` of the rows `add` writes (set by create_or_resume)
 
@@ -106,16 +104,6 @@ class RewardTable:
         probe = "SELECT prompt_id, block_size, repeat, new_tokens, acceptance, decode_seconds FROM runs LIMIT 1"
         db, meta = table_file.open_checked(path, "reward table", SCHEMA_VERSION, probe)
         return cls(path, db, meta).check(expect or {})
-
-    def check(self, expect: dict) -> "RewardTable":
-        """This table, if its metadata has the values in `expect` (e.g. the target); else a clear error."""
-        mismatch = _mismatch(self.meta, expect, keys=tuple(expect))
-        if mismatch:
-            raise ValueError(f"{self.path} does not match what was asked for: {mismatch}")
-        return self
-
-    def close(self) -> None:
-        self.db.close()
 
     @property
     def machines(self) -> list[dict]:
@@ -204,14 +192,6 @@ class RewardTable:
         return self.db.total_changes - before
 
     # ---- reading -------------------------------------------------------------------------
-    @property
-    def block_sizes(self) -> tuple[int, ...]:
-        return tuple(self.meta["block_sizes"])
-
-    @property
-    def feature_sets(self) -> dict[str, int]:
-        return dict(self.meta["feature_sets"])
-
     def feature_dim(self, feature_set: str) -> int:
         return sum(self.feature_sets[part] for part in table_file.feature_parts(self.feature_sets, feature_set, self.path.name))
 

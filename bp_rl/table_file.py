@@ -27,6 +27,31 @@ CREATE TABLE IF NOT EXISTS observations (
 """
 
 
+class TableFile:
+    """An open table file: its path, connection and metadata, and what both kinds read off the metadata."""
+
+    def __init__(self, path: Path, connection: sqlite3.Connection, meta: dict):
+        self.path, self.db, self.meta = path, connection, meta
+
+    def check(self, expect: dict):
+        """This table, if its metadata has the values in `expect` (e.g. the target); else a clear error."""
+        difference = mismatch(self.meta, expect, tuple(expect))
+        if difference:
+            raise ValueError(f"{self.path} does not match what was asked for: {difference}")
+        return self
+
+    def close(self) -> None:
+        self.db.close()
+
+    @property
+    def block_sizes(self) -> tuple[int, ...]:
+        return tuple(self.meta["block_sizes"])
+
+    @property
+    def feature_sets(self) -> dict[str, int]:
+        return dict(self.meta["feature_sets"])
+
+
 def locate(name: str, shipped_dir: Path, what: str) -> Path:
     """A shipped table by name (`<shipped_dir>/<name>.sqlite`) or a path to a table file."""
     path = Path(name)

@@ -42,11 +42,8 @@ def shipped_traces(name: str) -> Path:
     return table_file.locate(name, SHIPPED_TRACES_DIR, "trace table")
 
 
-class TraceTable:
+class TraceTable(table_file.TableFile):
     """One trace table file. Open with `create_or_resume` (to collect) or `load` (to read)."""
-
-    def __init__(self, path: Path, connection: sqlite3.Connection, meta: dict):
-        self.path, self.db, self.meta = path, connection, meta
 
     @classmethod
     def create_or_resume(cls, path: str | Path, meta: dict) -> "TraceTable":
@@ -69,23 +66,6 @@ class TraceTable:
         if meta.get("kind") != KIND:
             raise ValueError(f"{path} is a {meta.get('kind', 'reward table')!r} file, not a trace table")
         return cls(path, db, meta).check(expect or {})
-
-    def check(self, expect: dict) -> "TraceTable":
-        difference = table_file.mismatch(self.meta, expect, tuple(expect))
-        if difference:
-            raise ValueError(f"{self.path} does not match what was asked for: {difference}")
-        return self
-
-    def close(self) -> None:
-        self.db.close()
-
-    @property
-    def block_sizes(self) -> tuple[int, ...]:
-        return tuple(self.meta["block_sizes"])
-
-    @property
-    def feature_sets(self) -> dict[str, int]:
-        return dict(self.meta["feature_sets"])
 
     # ---- writing -------------------------------------------------------------------------
     def done_prompts(self) -> set[str]:

@@ -22,7 +22,7 @@ from bp_rl.measurement import AUTOREGRESSIVE, DecodeSettings, finish_request, me
 from bp_rl.prompts import DEFAULT_SUITE, load_prompts, render_prompt
 from bp_rl.trace_table import SimulatedRewards
 from bp_rl.traces import AcceptanceTrace
-from bp_rl.outcomes import SAMPLE_COLUMNS, TableView
+from bp_rl.outcomes import DEFAULT_BLOCK_SIZES, SAMPLE_COLUMNS, TableView
 
 REPLAY_MODES = ("sample", "median")
 
@@ -104,7 +104,7 @@ class LiveBackend:
         drafter,
         split: str,
         suite: str = DEFAULT_SUITE,
-        block_sizes: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16),
+        block_sizes: tuple[int, ...] = DEFAULT_BLOCK_SIZES,
         feature_set: str = DEFAULT_FEATURE_SET,
         settings: DecodeSettings = DecodeSettings(),
         category: str | None = None,

@@ -18,7 +18,7 @@ import numpy as np
 from bp_rl.features import DEFAULT_FEATURE_SET
 from bp_rl.measurement import DecodeSettings
 from bp_rl.prompts import DEFAULT_SUITE, SPLITS
-from bp_rl.outcomes import DEFAULT_REWARD, TableView, check_reward, reward_value
+from bp_rl.outcomes import DEFAULT_BLOCK_SIZES, DEFAULT_REWARD, TableView, check_reward, reward_value
 from bp_rl.profiles import DeviceProfile, default_profile
 from bp_rl.rewards import RewardTable
 from bp_rl.trace_table import SimulatedRewards, TraceTable
@@ -31,8 +31,8 @@ DEFAULT_TRACES = "smollm2-135m-block-traces"
 class BlockSizeEnv(gym.Env):
     """One decision per episode: the block size for one request.
 
-    oracle: a table view over the same prompts that tells each prompt's best block size and
-    its reward (`info["oracle_block"]`, `info["oracle_reward"]`); None where unknown.
+    best: a table view over the same prompts that tells each prompt's best block size and
+    its reward (`info["best_block"]`, `info["best_reward"]`); None where unknown.
     obs_stats: (mean, std) to standardise observations with (training-split statistics).
     """
 
@@ -42,7 +42,7 @@ class BlockSizeEnv(gym.Env):
         self,
         backend: Backend,
         reward: str = DEFAULT_REWARD,
-        oracle: TableView | None = None,
+        best: TableView | None = None,
         obs_stats: tuple[np.ndarray, np.ndarray] | None = None,
     ):
         self.backend, self.reward_name = backend, check_reward(reward)
@@ -50,16 +50,16 @@ class BlockSizeEnv(gym.Env):
         self.action_space = gym.spaces.Discrete(len(self.block_sizes))
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (backend.observation_dim,), np.float32)
         self.obs_stats = obs_stats
-        self._oracle = _oracle_lookup(oracle, reward) if oracle is not None else {}
+        self._best = _best_lookup(best, reward) if best is not None else {}
         self._prompt: int | None = None
 
     @property
     def num_prompts(self) -> int:
         return len(self.backend.prompt_ids)
 
-    def oracle_action(self, index: int) -> int | None:
+    def best_action(self, index: int) -> int | None:
         """The best action for prompt `index` where a table tells it (the evaluation reference), else None."""
-        best = self._oracle.get(self.backend.prompt_ids[index])
+        best = self._best.get(self.backend.prompt_ids[index])
         return None if best is None else self.block_sizes.index(best[0])
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -86,7 +86,7 @@ class BlockSizeEnv(gym.Env):
         self._prompt = None
         out = self.backend.outcome(i, k, self.np_random)
         reward = float(reward_value(self.reward_name, out.tokens_per_second, out.ar_tokens_per_second, out.mean_acceptance))
-        oracle_block, oracle_reward = self._oracle.get(self.backend.prompt_ids[i], (None, None))
+        best_block, best_reward = self._best.get(self.backend.prompt_ids[i], (None, None))
         info = {
             "block_size": self.block_sizes[k],
             "new_tokens": out.new_tokens,
@@ -97,8 +97,8 @@ class BlockSizeEnv(gym.Env):
             "speedup": float(out.tokens_per_second / out.ar_tokens_per_second),
             "prompt_id": self.backend.prompt_ids[i],
             "category": self.backend.categories[i],
-            "oracle_block": oracle_block,
-            "oracle_reward": oracle_reward,
+            "best_block": best_block,
+            "best_reward": best_reward,
         }
         # One step ends the episode; a zero observation stands in for the (absent) next one.
         return np.zeros(self.observation_space.shape, np.float32), reward, True, False, info
@@ -111,7 +111,7 @@ class BlockSizeEnv(gym.Env):
         return np.array(observation, dtype=np.float32)  # a fresh copy: callers may keep it
 
 
-def _oracle_lookup(view: TableView, reward: str) -> dict[str, tuple[int, float]]:
+def _best_lookup(view: TableView, reward: str) -> dict[str, tuple[int, float]]:
     rewards = view.rewards(reward)
     best = rewards.argmax(axis=1)
     return {pid: (view.block_sizes[b], float(rewards[i, b])) for i, (pid, b) in enumerate(zip(view.prompt_ids, best))}
@@ -155,7 +155,7 @@ def make_table_env(
     view = rewards.view(feature_set, split)
     stats_table = rewards if train_table is None else open_table(train_table)
     stats = observation_stats(stats_table.view(feature_set, "train")) if normalize_obs else None
-    return BlockSizeEnv(TableBackend(view, replay), reward, oracle=view, obs_stats=stats)
+    return BlockSizeEnv(TableBackend(view, replay), reward, best=view, obs_stats=stats)
 
 
 def simulated_rewards(traces: str | TraceTable = DEFAULT_TRACES, profile: str | DeviceProfile | None = None,
@@ -185,7 +185,7 @@ def make_trace_env(
     rewards = simulated_rewards(traces, profile, expect)
     backend = TraceBackend(rewards, split, feature_set)
     stats = observation_stats(rewards.view(feature_set, "train")) if normalize_obs else None
-    return BlockSizeEnv(backend, reward, oracle=backend.view, obs_stats=stats)
+    return BlockSizeEnv(backend, reward, best=backend.view, obs_stats=stats)
 
 
 def make_live_env(
@@ -193,7 +193,7 @@ def make_live_env(
     drafter: str = "default",
     split: str = "test",
     suite: str = DEFAULT_SUITE,
-    block_sizes: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16),
+    block_sizes: tuple[int, ...] = DEFAULT_BLOCK_SIZES,
     feature_set: str = DEFAULT_FEATURE_SET,
     reward: str = DEFAULT_REWARD,
     max_new_tokens: int = 64,
@@ -203,7 +203,7 @@ def make_live_env(
     device: str | None = None,
     max_prompts: int | None = None,
 ) -> BlockSizeEnv:
-    """Decode for real on `split` (`max_prompts` of it, spread evenly). `table` (optional) supplies the oracle
+    """Decode for real on `split` (`max_prompts` of it, spread evenly). `table` (optional) supplies the per-prompt best
     info and the normalisation statistics."""
     from bp_rl import load_drafter, load_target  # loading models is slow: only live environments pay for it
 
@@ -216,9 +216,9 @@ def make_live_env(
     backend = LiveBackend(
         model, load_drafter(drafter, model), split, suite, tuple(block_sizes), feature_set, settings, max_prompts=max_prompts
     )
-    oracle = stats = None
+    best = stats = None
     if table is not None:
         rewards = open_table(table)
-        oracle = rewards.view(feature_set, split)
+        best = rewards.view(feature_set, split)
         stats = observation_stats(rewards.view(feature_set, "train")) if normalize_obs else None
-    return BlockSizeEnv(backend, reward, oracle=oracle, obs_stats=stats)
+    return BlockSizeEnv(backend, reward, best=best, obs_stats=stats)

@@ -5,7 +5,7 @@ For each drafter and block size b it prints tokens/s, mean acceptance length and
 autoregressive decoding, overall and per prompt category, and how often a prompt's own best block
 differs from the best fixed block. It times the raw passes in the same run: t_verify(b), one target
 forward over b tokens, and t_draft(b), one drafter proposal of b - 1 tokens, with its share of a
-1-token target step. And it measures the engine's ceiling on this device: an oracle drafter that
+1-token target step. And it measures the engine's ceiling on this device: a continuation drafter that
 proposes the target's own greedy continuation (every draft accepted) should reach b / t_verify(b).
 Speeds are only compared as ratios within one run. Do not run it beside another heavy job: it
 skews every number.
@@ -25,19 +25,20 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
-from bp_rl import OracleDrafter, Target, load_drafter, load_target, speculative_generate
+from bp_rl import ContinuationDrafter, Target, load_drafter, load_target, speculative_generate
+from bp_rl.outcomes import DEFAULT_BLOCK_SIZES
 from bp_rl.profiles import draft_seconds, verify_forward_seconds
 from bp_rl.prompts import DEFAULT_SUITE, SPLITS, Prompt, load_prompts, render_prompt
 from bp_rl.timing import device_name, machine_load_note
 
 
 AR = "autoregressive"  # block size 1: the same rows for every drafter
-ORACLE = "oracle-drafter"  # proposes the target's own greedy continuation: the engine's ceiling
+CEILING = "continuation-drafter"  # proposes the target's own greedy continuation: the engine's ceiling
 
 
 @dataclass
 class Row:
-    mode: str  # a drafter name, ORACLE, or AR (block size 1)
+    mode: str  # a drafter name, CEILING, or AR (block size 1)
     block_size: int
     prompt_id: str
     category: str
@@ -54,7 +55,7 @@ def parse_args() -> argparse.Namespace:
         help="one or more drafter folders or names, all measured in the same run: default (the shipped drafter for "
         "--target), a shipped drafter's name, prompt-lookup, random-block (untrained); or none",
     )
-    p.add_argument("--block-sizes", type=int, nargs="+", default=[1, 2, 3, 4, 6, 8, 12, 16])
+    p.add_argument("--block-sizes", type=int, nargs="+", default=list(DEFAULT_BLOCK_SIZES))
     p.add_argument("--suite", default=DEFAULT_SUITE, help="prompt suite name or JSONL path")
     p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--category", default=None, help="only this category")
@@ -63,7 +64,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--repeats", type=int, default=1, help="timed runs of each (prompt, block); the median is used per prompt")
     p.add_argument("--stop-at-eos", action="store_true", help="stop at EOS (default: always decode max-new-tokens)")
-    p.add_argument("--no-oracle", action="store_true", help="skip the oracle-drafter ceiling")
+    p.add_argument("--no-ceiling", action="store_true", help="skip the continuation-drafter ceiling")
     p.add_argument("--verify-repeats", type=int, default=20, help="timed repeats of each raw verify forward and draft pass")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -102,7 +103,7 @@ def main() -> None:
     drafters = {name: load_drafter(name, target) for name in names}
     sizes = sorted(set(args.block_sizes) | {1})
     if not drafters:
-        print("--drafter none: measuring only autoregressive decoding and the oracle ceiling")
+        print("--drafter none: measuring only autoregressive decoding and the ceiling")
     prompts = select_prompts(args)
     texts = [render_prompt(p, target.tokenizer) for p in prompts]
     decode = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, stop_token_ids=None if args.stop_at_eos else [])
@@ -118,12 +119,12 @@ def main() -> None:
         reference = speculative_generate(target, None, text, 1, **decode, seed=i)
         written += reference.token_ids
         jobs = [(AR, 1)] * args.repeats + [(name, b) for name in drafters for b in sizes if b > 1 for _ in range(args.repeats)]
-        if not args.no_oracle and args.temperature == 0:
-            oracle = OracleDrafter(reference.stats.prompt_tokens, reference.token_ids)
-            jobs += [(ORACLE, b) for b in sizes if b > 1 for _ in range(args.repeats)]
+        if not args.no_ceiling and args.temperature == 0:
+            ceiling = ContinuationDrafter(reference.stats.prompt_tokens, reference.token_ids)
+            jobs += [(CEILING, b) for b in sizes if b > 1 for _ in range(args.repeats)]
         rng.shuffle(jobs)  # random order, so slow drift does not favour one drafter or block size
         for mode, b in jobs:
-            drafter = oracle if mode == ORACLE else drafters.get(mode)  # AR: no drafter
+            drafter = ceiling if mode == CEILING else drafters.get(mode)  # AR: no drafter
             out = speculative_generate(target, drafter, text, b, **decode, seed=i)
             if args.temperature == 0 and out.token_ids != reference.token_ids:
                 raise AssertionError(f"lossless decoding violated at block {b} ({mode}) on prompt {prompt.id}")
@@ -174,7 +175,7 @@ def best_blocks(rows: list[Row]) -> dict[str, int]:
 def summarise(rows: list[Row], sizes: list[int], t_verify: dict[int, float], drafters: list[str]) -> dict:
     # block size 1 is autoregressive decoding: the same rows stand in every drafter's block-1 entry
     group = defaultdict(list)
-    modes = [*drafters, ORACLE] if any(r.mode == ORACLE for r in rows) else list(drafters)
+    modes = [*drafters, CEILING] if any(r.mode == CEILING for r in rows) else list(drafters)
     for r in rows:
         for mode in modes if r.mode == AR else (r.mode,):
             group[(mode, r.block_size)].append(r)
@@ -184,12 +185,12 @@ def summarise(rows: list[Row], sizes: list[int], t_verify: dict[int, float], dra
     summary: dict = {"autoregressive_tokens_per_second": ar_rate, "blocks": {}, "drafters": {}}
     for b in sizes:
         entry: dict = {"verify_seconds": t_verify[b], "bound_tokens_per_second": b / t_verify[b]}
-        if ORACLE in modes and b > 1:
-            entry["oracle"] = block_stats(group[(ORACLE, b)], ar_rate)
+        if CEILING in modes and b > 1:
+            entry["ceiling"] = block_stats(group[(CEILING, b)], ar_rate)
             # the bound covers verify passes only, so count the tokens they committed (not the prefill's)
-            oracle = group[(ORACLE, b)]
-            verify_rate = sum(sum(r.acceptance) for r in oracle) / sum(r.decode_seconds for r in oracle)
-            entry["oracle"]["ceiling_ratio"] = verify_rate / entry["bound_tokens_per_second"]
+            ceiling = group[(CEILING, b)]
+            verify_rate = sum(sum(r.acceptance) for r in ceiling) / sum(r.decode_seconds for r in ceiling)
+            entry["ceiling"]["ceiling_ratio"] = verify_rate / entry["bound_tokens_per_second"]
         summary["blocks"][b] = entry
     category_of = {r.prompt_id: r.category for r in rows}
     categories = sorted(set(category_of.values()))
@@ -228,13 +229,13 @@ def print_report(args, target: Target, prompts: list[Prompt], summary: dict) -> 
     step = summary["blocks"][1]["verify_seconds"]
     print(f"raw passes (median of {args.verify_repeats}); a 1-token target step takes {step * 1e3:.1f} ms")
     names = list(summary["drafters"])
-    print("| block | t_verify ms | bound b/t_verify | " + " | ".join(f"{n}: t_draft ms (share of a step)" for n in names) + " | oracle tok/s | oracle/bound |")
+    print("| block | t_verify ms | bound b/t_verify | " + " | ".join(f"{n}: t_draft ms (share of a step)" for n in names) + " | ceiling tok/s | ceiling/bound |")
     print("|---:|---:|---:|" + "---:|" * len(names) + "---:|---:|")
     for b, e in summary["blocks"].items():
         drafts = [summary["drafters"][n]["draft_seconds"].get(b) for n in names]
         cells = [f"{e['verify_seconds'] * 1e3:.1f}", f"{e['bound_tokens_per_second']:.2f}"]
         cells += [f"{t * 1e3:.1f} ({t / step:.0%})" if t is not None else "-" for t in drafts]
-        o = e.get("oracle")
+        o = e.get("ceiling")
         cells += [f"{o['tokens_per_second']:.2f}", f"{o['ceiling_ratio']:.2f}"] if o else ["-", "-"]
         print(f"| {b} | " + " | ".join(cells) + " |")
     for name, d in summary["drafters"].items():

@@ -25,34 +25,29 @@ import hydra
 from omegaconf import DictConfig
 
 from bp_rl import load_drafter, load_target
-from bp_rl.collection import collect_rows, parse_shard, plan_rows, shard_path, table_metadata
+from bp_rl.collection import collect_rows, parse_shard, plan_rows, shard_path, shard_prompts, table_metadata
 from bp_rl.decoding import check_block_size
 from bp_rl.measurement import DecodeSettings, measure
-from bp_rl.prompts import SPLITS, load_prompts, render_prompt
+from bp_rl.outcomes import DEFAULT_BLOCK_SIZES
+from bp_rl.prompts import SPLITS, render_prompt
 from bp_rl.rewards import RewardTable
 
 
 @hydra.main(config_path="conf", config_name="collect", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     index, count = parse_shard(cfg.shard)
-    unknown = sorted(set(cfg.splits) - set(SPLITS))
-    if unknown:
-        raise ValueError(f"unknown split(s) {unknown}; valid: {list(SPLITS)}")
+    prompts = shard_prompts(cfg.suite, list(cfg.splits), cfg.shard)
     repeats = {split: int(cfg.repeats.get(split, 1)) for split in SPLITS}
 
     target = load_target(cfg.target, device=cfg.device)
     drafter = load_drafter(cfg.drafter, target)
-    block_sizes = [int(b) for b in cfg.block_sizes]
+    block_sizes = [int(b) for b in cfg.block_sizes or DEFAULT_BLOCK_SIZES]
     for block in block_sizes:
         check_block_size(drafter, block)
     settings = DecodeSettings(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
 
-    prompts = [p for split in cfg.splits for p in load_prompts(cfg.suite, split=split)]
-    prompts = sorted(prompts, key=lambda p: p.id)[index::count]
     if cfg.max_prompts is not None:
         prompts = random.Random(cfg.seed).sample(prompts, min(cfg.max_prompts, len(prompts)))
-    if not prompts:
-        raise ValueError(f"no prompts to measure in splits {list(cfg.splits)} of suite {cfg.suite!r} (shard {cfg.shard})")
     token_ids = {p.id: target.encode(render_prompt(p, target.tokenizer)) for p in prompts}
 
     # Warm-up (untimed) also tells the dimension of every feature set.

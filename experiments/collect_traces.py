@@ -23,9 +23,10 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from bp_rl import load_drafter, load_target
-from bp_rl.collection import parse_shard, shard_path, table_metadata, wait_while_paused
+from bp_rl.collection import parse_shard, shard_path, shard_prompts, table_metadata, wait_while_paused
 from bp_rl.measurement import DecodeSettings
-from bp_rl.prompts import SPLITS, load_prompts, render_prompt
+from bp_rl.outcomes import DEFAULT_BLOCK_SIZES
+from bp_rl.prompts import render_prompt
 from bp_rl.trace_table import TraceTable
 from bp_rl.traces import trace_request
 
@@ -33,17 +34,12 @@ from bp_rl.traces import trace_request
 @hydra.main(config_path="conf", config_name="collect_traces", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     index, count = parse_shard(cfg.shard)
-    unknown = sorted(set(cfg.splits) - set(SPLITS))
-    if unknown:
-        raise ValueError(f"unknown split(s) {unknown}; valid: {list(SPLITS)}")
+    prompts = shard_prompts(cfg.suite, list(cfg.splits), cfg.shard)
     if cfg.threads is not None:
         torch.set_num_threads(int(cfg.threads))
     target = load_target(cfg.target, device=cfg.device)
     drafter = load_drafter(cfg.drafter, target)
-    block_sizes = [int(b) for b in cfg.block_sizes]
-    prompts = sorted((p for split in cfg.splits for p in load_prompts(cfg.suite, split=split)), key=lambda p: p.id)[index::count]
-    if not prompts:
-        raise ValueError(f"no prompts to trace in splits {list(cfg.splits)} of suite {cfg.suite!r} (shard {cfg.shard})")
+    block_sizes = [int(b) for b in cfg.block_sizes or DEFAULT_BLOCK_SIZES]
 
     feature_sets = tuple(cfg.feature_sets)
     first = trace_request(target, drafter, render_prompt(prompts[0], target.tokenizer), block_sizes, 2, feature_sets=feature_sets)

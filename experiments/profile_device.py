@@ -22,6 +22,7 @@ import hydra
 from omegaconf import DictConfig
 
 from bp_rl import load_drafter, load_target
+from bp_rl.outcomes import DEFAULT_BLOCK_SIZES
 from bp_rl.profiles import flat_profile, measure_profile, roofline_profile
 from bp_rl.timing import device_name
 
@@ -38,8 +39,9 @@ def main(cfg: DictConfig) -> None:
     target = load_target(cfg.target, device=cfg.device)
     drafter = load_drafter(cfg.drafter, target)
     out_dir = Path(hydra.utils.to_absolute_path(cfg.out_dir))
+    block_sizes = tuple(cfg.block_sizes or DEFAULT_BLOCK_SIZES)
     for accelerator in cfg.roofline:
-        model = roofline_profile(target, drafter, cfg.drafter, accelerator, block_sizes=tuple(cfg.block_sizes),
+        model = roofline_profile(target, drafter, cfg.drafter, accelerator, block_sizes=block_sizes,
                                  contexts=tuple(cfg.contexts), prompt_lengths=tuple(cfg.prompt_lengths))
         print(f"model profile {model.name!r} -> {model.save(out_dir / f'{model.name}.json')}")
     if not cfg.measure:
@@ -47,7 +49,7 @@ def main(cfg: DictConfig) -> None:
     name = cfg.name or f"{cfg.target}_{cfg.drafter}_{device_slug(device_name(target.device))}"
     started = time.perf_counter()
     profile = measure_profile(
-        target, drafter, cfg.drafter, name, tuple(cfg.block_sizes), tuple(cfg.contexts), tuple(cfg.prompt_lengths), cfg.repeats
+        target, drafter, cfg.drafter, name, block_sizes, tuple(cfg.contexts), tuple(cfg.prompt_lengths), cfg.repeats
     )
     print(f"{profile.device}: measured in {time.perf_counter() - started:.0f} s -> {profile.save(out_dir / f'{name}.json')}")
     one_step = {c: round(t * 1e3, 1) for c, t in profile.verify[1].items()}

@@ -103,7 +103,7 @@ def train_and_evaluate(cfg: DictConfig, table: RewardTable, eval_table: RewardTa
             reference = make_agent(name, block_sizes, dim, cfg.seed, **settings)
             reference.fit(FitData(env=train_env, budget=cfg.budget, seed=cfg.seed, train=train, val=val))
             policies[name] = agent_policy(reference)
-    if all(eval_env.oracle_action(i) is not None for i in range(eval_env.num_prompts)):
+    if all(eval_env.best_action(i) is not None for i in range(eval_env.num_prompts)):
         policies["best"] = best_policy(eval_env)
     return Outcome(run_policies(policies, eval_env, cfg.seed), train_seconds, logger.history)  # live: interleaved by prompt
 

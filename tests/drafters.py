@@ -7,7 +7,7 @@ import torch
 from bp_rl import Draft, DraftContext, Drafter, Sampler, Target
 
 
-class NoisyOracleDrafter(Drafter):
+class NoisyContinuationDrafter(Drafter):
     """Proposes a known continuation but corrupts every `period`-th proposal: partial acceptance."""
 
     max_block_size = 64

@@ -77,7 +77,7 @@ def test_every_built_in_fits_acts_and_round_trips(name, fit_data, test_env, tmp_
 def test_gap_closed_is_not_reported_when_the_gap_is_timing_noise():
     def records(rewards, best):
         keys = dict(category="code", tokens_per_second=1.0, speedup=1.0, mean_acceptance=1.0, block_size=1, decision_seconds=0.0)
-        return [{**keys, "reward": r, "oracle_reward": b} for r, b in zip(rewards, best)]
+        return [{**keys, "reward": r, "best_reward": b} for r, b in zip(rewards, best)]
 
     grid = records([10.0, 10.0], [10.0, 11.0])
     assert summarise(records([10.0, 10.5], [10.0, 11.0]), grid)["gap_closed"] == pytest.approx(0.5)

@@ -57,8 +57,8 @@ class SyntheticEnv:
         info = {
             "block_size": self.block_sizes[k],
             "prompt_id": f"p{i}",
-            "oracle_block": self.block_sizes[best],
-            "oracle_reward": float(self.rewards[i, best]),
+            "best_block": self.block_sizes[best],
+            "best_reward": float(self.rewards[i, best]),
         }
         return np.zeros(self.observation_space.shape, np.float32), reward, True, False, info
 

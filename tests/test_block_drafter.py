@@ -200,7 +200,7 @@ def test_bad_draft_vocabulary_is_rejected(tiny_target, ids, message):
 
 
 def test_default_is_the_newest_shipped_version(monkeypatch):
-    import bp_rl.drafter as registry
+    import bp_rl.drafters as registry
 
     target = make_tiny_target("llama")
     monkeypatch.setattr(registry, "shipped_drafters", lambda: ["tiny-llama-block", "tiny-llama-block-v2", "tiny-llama-block-v10", "tiny-llama-block-vx"])

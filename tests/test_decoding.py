@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from drafters import NoisyOracleDrafter, SelfDrafter
+from drafters import NoisyContinuationDrafter, SelfDrafter
 
 from bp_rl import (
     BlockDrafter,
     DecodeStats,
-    OracleDrafter,
+    ContinuationDrafter,
     SpeculativeDecoder,
     autoregressive_generate,
     speculative_generate,
@@ -37,7 +37,7 @@ def test_greedy_equals_hf_generate_with_random_block_drafter(tiny_target, tiny_d
 @pytest.mark.parametrize("block_size", BLOCK_SIZES)
 def test_greedy_equals_hf_generate_with_partial_acceptance(tiny_target, block_size):
     expected = hf_greedy(tiny_target, PROMPT, 48)
-    drafter = NoisyOracleDrafter(len(PROMPT), expected, tiny_target.vocab_size, period=3)
+    drafter = NoisyContinuationDrafter(len(PROMPT), expected, tiny_target.vocab_size, period=3)
     out = speculative_generate(tiny_target, drafter, PROMPT, block_size, max_new_tokens=48, stop_token_ids=[])
     assert out.token_ids == expected
     if block_size >= 3:  # two correct drafts, then a wrong one: acceptance lengths of 3 (2 drafts + bonus)
@@ -46,9 +46,9 @@ def test_greedy_equals_hf_generate_with_partial_acceptance(tiny_target, block_si
 
 
 @pytest.mark.parametrize("block_size", [2, 4, 8, 16])
-def test_oracle_drafter_accepts_whole_blocks(tiny_target, block_size):
+def test_continuation_drafter_accepts_whole_blocks(tiny_target, block_size):
     expected = hf_greedy(tiny_target, PROMPT, 49)
-    drafter = OracleDrafter(len(PROMPT), expected)
+    drafter = ContinuationDrafter(len(PROMPT), expected)
     out = speculative_generate(tiny_target, drafter, PROMPT, block_size, max_new_tokens=49, stop_token_ids=[])
     assert out.token_ids == expected
     # 1 token from the prefill, then full blocks; the last cycle is cut to the remaining budget
@@ -72,7 +72,7 @@ def test_a_request_stopping_at_its_first_token_counts_its_prefill():
 @pytest.mark.parametrize("max_new_tokens", [1, 2, 7, 16, 17, 33])
 def test_max_new_tokens_is_reached_exactly(tiny_target, tiny_drafter, max_new_tokens):
     expected = hf_greedy(tiny_target, PROMPT, max_new_tokens)
-    for drafter in (tiny_drafter, OracleDrafter(len(PROMPT), expected)):
+    for drafter in (tiny_drafter, ContinuationDrafter(len(PROMPT), expected)):
         out = speculative_generate(tiny_target, drafter, PROMPT, 8, max_new_tokens=max_new_tokens, stop_token_ids=[])
         assert out.token_ids == expected and out.stats.new_tokens == max_new_tokens
 
@@ -82,7 +82,7 @@ def test_stops_at_first_stop_token_even_inside_an_accepted_block(tiny_target, bl
     free = hf_greedy(tiny_target, PROMPT, 40)
     stop = free[13]  # a token first produced at index <= 13, somewhere inside a block
     cut = free.index(stop)
-    drafter = OracleDrafter(len(PROMPT), free)
+    drafter = ContinuationDrafter(len(PROMPT), free)
     out = speculative_generate(tiny_target, drafter, PROMPT, block_size, max_new_tokens=40, stop_token_ids=[stop])
     assert out.token_ids == free[: cut + 1]
     assert out.token_ids == hf_greedy(tiny_target, PROMPT, 40, eos=stop)
@@ -105,7 +105,7 @@ def test_same_seed_same_output_at_temperature_one(tiny_target, tiny_drafter):
 
 def test_block_size_may_change_between_cycles(tiny_target):
     expected = hf_greedy(tiny_target, PROMPT, 40)
-    decoder = SpeculativeDecoder(tiny_target, OracleDrafter(len(PROMPT), expected), PROMPT, max_new_tokens=40, stop_token_ids=[])
+    decoder = SpeculativeDecoder(tiny_target, ContinuationDrafter(len(PROMPT), expected), PROMPT, max_new_tokens=40, stop_token_ids=[])
     decoder.prefill()
     schedule = [2, 5, 1, 16, 3]
     while not decoder.done:

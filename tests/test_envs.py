@@ -35,8 +35,8 @@ def test_one_decision_per_episode_with_the_measured_reward(tiny_table_path):
         assert terminated and not truncated
         assert reward == pytest.approx(view.rewards("speedup")[i, 2])
         assert info["block_size"] == view.block_sizes[2] and info["prompt_id"] == view.prompt_ids[i]
-        assert info["oracle_block"] == view.block_sizes[view.best_blocks("speedup")[i]]
-        assert info["oracle_reward"] == pytest.approx(view.rewards("speedup")[i].max())
+        assert info["best_block"] == view.block_sizes[view.best_blocks("speedup")[i]]
+        assert info["best_reward"] == pytest.approx(view.rewards("speedup")[i].max())
         assert {"new_tokens", "cycles", "mean_acceptance", "decode_seconds", "tokens_per_second", "category"} <= set(info)
 
 
@@ -96,4 +96,4 @@ def test_live_env_decodes_for_real(smollm2):
     assert obs.shape == (smollm2.hidden_size + 3 + 1,)
     _, reward, terminated, _, info = env.step(1)
     assert terminated and info["block_size"] == 4 and reward == pytest.approx(info["tokens_per_second"])
-    assert 1 <= info["new_tokens"] <= 8 and info["speedup"] > 0 and info["oracle_block"] is None
+    assert 1 <= info["new_tokens"] <= 8 and info["speedup"] > 0 and info["best_block"] is None

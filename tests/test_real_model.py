@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bp_rl import BlockDrafter, OracleDrafter, speculative_generate
+from bp_rl import BlockDrafter, ContinuationDrafter, speculative_generate
 from bp_rl.generate import main as generate_main
 
 pytestmark = pytest.mark.real_model
@@ -38,8 +38,8 @@ def test_greedy_equals_hf_generate(smollm2, prompt, hf_tokens, block_size):
     assert out.token_ids == hf_tokens
 
 
-def test_oracle_drafter_on_real_target(smollm2, prompt, hf_tokens):
-    drafter = OracleDrafter(len(smollm2.encode(prompt)), hf_tokens)
+def test_continuation_drafter_on_real_target(smollm2, prompt, hf_tokens):
+    drafter = ContinuationDrafter(len(smollm2.encode(prompt)), hf_tokens)
     out = speculative_generate(smollm2, drafter, prompt, 8, max_new_tokens=24, stop_token_ids=[])
     assert out.token_ids == hf_tokens and out.stats.acceptance_lengths == [8, 8, 7]
 
@@ -70,8 +70,8 @@ def test_decode_benchmark_runs_and_reports_every_block(tmp_path):
     printed = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     summary = json.loads(out.read_text())["summary"]
     assert set(summary["blocks"]) == {"1", "2", "4"}
-    assert all(0 < summary["blocks"][b]["oracle"]["ceiling_ratio"] for b in ("2", "4"))
-    assert "| 4 |" in printed and "oracle/bound" in printed and "share of a step" in printed
+    assert all(0 < summary["blocks"][b]["ceiling"]["ceiling_ratio"] for b in ("2", "4"))
+    assert "| 4 |" in printed and "ceiling/bound" in printed and "share of a step" in printed
     for name in ("random-block", "prompt-lookup"):
         drafter = summary["drafters"][name]
         assert drafter["per_category"]["chat"]["prompts"] == 1 and drafter["best_fixed_block"] in (1, 2, 4)

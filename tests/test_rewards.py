@@ -30,7 +30,7 @@ def tiny_models():
     return tiny_table_models()
 
 
-def test_view_holds_every_prompt_with_medians_and_oracle(tiny_table_path):
+def test_view_holds_every_prompt_with_medians_and_best(tiny_table_path):
     table = RewardTable.load(tiny_table_path)
     assert len(table.done_keys()) == 12 * 4 + 3 * 4  # every (prompt, block or AR), test twice
     view = table.view("last_hidden+prompt_length")

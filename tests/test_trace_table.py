@@ -126,7 +126,7 @@ def test_trace_env_passes_the_checkers_and_rewards_the_simulated_speed(tiny_trac
         i = view.prompt_ids.index(info["prompt_id"])
         _, reward, terminated, _, step = made.step(episode % 3)
         assert terminated and reward == pytest.approx(view.samples[i][episode % 3][0, 0])
-        assert step["oracle_block"] == view.block_sizes[int(view.rewards().argmax(axis=1)[i])]
+        assert step["best_block"] == view.block_sizes[int(view.rewards().argmax(axis=1)[i])]
     assert made.unwrapped.backend.trace(0).tokens == TraceTable.load(tiny_traces_path).trace(view.prompt_ids[0]).tokens
 
 
