@@ -3,8 +3,9 @@
 A request's speed is what each cycle accepts (an acceptance trace, the same on every machine) times
 what each pass costs (a profile, one per machine). A measured profile times, with the one timer
 (warm-up, device sync, median of repeats): a target forward over n tokens at context length c, a
-drafter proposal at block size b, the prefill of a prompt of length L, and the per-cycle overhead
-of the decoding loop around them. Model profiles (`flat_profile`, `roofline_profile`) are labelled
+drafter proposal at block size b, the prefill of a prompt of length L, and, per block size, the
+overhead of the decoding loop around them: what real decoding cycles, timed one by one, take
+beyond those isolated passes. Model profiles (`flat_profile`, `roofline_profile`) are labelled
 `kind="model"`: arithmetic, not measurements.
 """
 
@@ -26,7 +27,7 @@ from bp_rl.decoding import DecodeStats, SpeculativeDecoder
 from bp_rl.drafter import Drafter, drafter_fingerprint
 from bp_rl.models import Target
 from bp_rl.outcomes import DEFAULT_BLOCK_SIZES
-from bp_rl.timing import device_name, measure
+from bp_rl.timing import Stopwatch, device_name, measure
 from bp_rl.traces import AcceptanceTrace
 
 SHIPPED_PROFILES_DIR = Path(__file__).parent / "data" / "profiles"
@@ -105,7 +106,7 @@ class DeviceProfile:
     verify: dict[int, dict[int, float]]  # n tokens -> context length -> seconds of a target forward
     draft: dict[int, float]  # block size -> seconds of one proposal of block - 1 tokens
     prefill: dict[int, float]  # prompt length -> seconds
-    overhead: float  # seconds per cycle outside the draft and verify passes
+    overhead: dict[int, float]  # block size -> seconds a real cycle takes beyond its isolated passes (may be < 0)
     versions: dict[str, str] = field(default_factory=dict)
     note: str = ""
 
@@ -116,6 +117,9 @@ class DeviceProfile:
         self.verify = {int(n): {int(c): float(t) for c, t in by_c.items()} for n, by_c in self.verify.items()}
         self.draft = {int(b): float(t) for b, t in self.draft.items()}
         self.prefill = {int(n): float(t) for n, t in self.prefill.items()}
+        if isinstance(self.overhead, (int, float)):  # one figure for every block size
+            self.overhead = {b: float(self.overhead) for b in self.verify}
+        self.overhead = {int(b): float(t) for b, t in self.overhead.items()}
 
     @property
     def block_sizes(self) -> tuple[int, ...]:
@@ -134,7 +138,9 @@ class DeviceProfile:
         return self.draft[block_size]
 
     def cycle_seconds(self, block_size: int, context: int) -> float:
-        return self.draft_seconds(block_size) + self.verify_seconds(block_size, context) + self.overhead
+        if block_size not in self.overhead:
+            raise ValueError(f"profile {self.name!r} has no loop overhead for block {block_size}; profiled: {sorted(self.overhead)}")
+        return self.draft_seconds(block_size) + self.verify_seconds(block_size, context) + self.overhead[block_size]
 
     def prefill_seconds(self, prompt_tokens: int) -> float:
         return _interpolate(self.prefill, prompt_tokens)
@@ -219,19 +225,23 @@ def measure_profile(
     middle = tokens(contexts[len(contexts) // 2])
     draft = {b: draft_seconds(target, drafter, middle, b, repeats) for b in block_sizes if b > 1}
     prefill = {n: prefill_seconds(target, tokens(n), repeats) for n in prompt_lengths}
-    # the loop around the passes: a real decode's time minus the passes it made, per cycle
-    leftovers = []
-    for b in (max(block_sizes), min(b for b in block_sizes if b > 1)) * overhead_decodes:
-        decoder = SpeculativeDecoder(target, drafter, tokens(contexts[0]), max_new_tokens=32, stop_token_ids=[])
-        decoder.prefill()
-        stats = decoder.decode(b)
-        context = contexts[0] + 16
-        passes = sum(draft[b] + _interpolate(verify[b], context) for _ in stats.acceptance_lengths)
-        leftovers.append((stats.decode_seconds - passes) / stats.cycles)
+    # the loop around the passes, per block size: real decoding cycles timed one by one, minus the
+    # isolated passes they made (negative where the isolated passes time slower than inside the loop)
+    residuals: dict[int, list[float]] = {b: [] for b in block_sizes}
+    for _ in range(overhead_decodes):
+        for b in block_sizes:
+            decoder = SpeculativeDecoder(target, drafter, tokens(contexts[0]), max_new_tokens=32, stop_token_ids=[])
+            decoder.prefill()
+            while not decoder.done:
+                context = len(decoder.tokens)
+                with Stopwatch(target.device) as clock:
+                    decoder.step(b)
+                passes = (draft[b] if b > 1 else 0.0) + _interpolate(verify[b], context)
+                residuals[b].append(clock.seconds - passes)
     return DeviceProfile(
         name=name, kind="measured", device=device_name(target.device), target=target.name, drafter=drafter_name,
         drafter_hash=drafter_fingerprint(drafter), verify=verify, draft=draft, prefill=prefill,
-        overhead=max(0.0, statistics.median(leftovers)), versions=library_versions(),
+        overhead={b: statistics.median(r) for b, r in residuals.items()}, versions=library_versions(),
     )
 
 
@@ -250,7 +260,7 @@ def flat_profile(base: DeviceProfile) -> DeviceProfile:
     return DeviceProfile(
         name=f"flat-{base.name}", kind="model", device=f"model: flat, from {base.device}", target=base.target, drafter=base.drafter,
         drafter_hash=base.drafter_hash, verify={n: dict(step) for n in base.verify}, draft={b: 0.0 for b in base.draft},
-        prefill=dict(base.prefill), overhead=0.0, versions=base.versions,
+        prefill=dict(base.prefill), overhead={b: 0.0 for b in base.verify}, versions=base.versions,
         note=f"model, not a measurement: each cycle costs one 1-token step of profile {base.name!r} (median over contexts)",
     )
 
@@ -304,7 +314,7 @@ def roofline_profile(
         name=f"roofline-{accelerator}_{target.name}_{drafter_name}", kind="model", device=f"model: roofline of {chip.name}",
         target=target.name, drafter=drafter_name, drafter_hash=drafter_fingerprint(drafter),
         verify={n: {c: target_pass(n, c) for c in contexts} for n in block_sizes}, draft=draft,
-        prefill={n: target_pass(n, 0) for n in prompt_lengths}, overhead=0.0, versions=library_versions(),
+        prefill={n: target_pass(n, 0) for n in prompt_lengths}, overhead={b: 0.0 for b in block_sizes}, versions=library_versions(),
         note=(f"model, not a measurement: roofline of {chip.name} ({chip.memory_bandwidth / 1e12:.2f} TB/s, "
               f"{chip.peak_flops / 1e12:.0f} TFLOP/s dense bf16), {bytes_per_value}-byte weights, {launch_seconds * 1e6:.0f} us launch cost per pass"),
     )

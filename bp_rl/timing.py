@@ -37,14 +37,22 @@ def device_name(device: torch.device | str) -> str:
 
 
 def _cpu_model() -> str | None:
+    """The CPU's model name with its family and model numbers: cloud CPUs often report only
+    'AMD EPYC', which covers generations whose pass costs differ by half."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+                if not line.strip():  # the first processor's block is enough
+                    break
     except OSError:
-        pass
-    return None
+        return None
+    name = fields.get("model name")
+    if name and "cpu family" in fields and "model" in fields:
+        return f"{name}, family {fields['cpu family']} model {fields['model']}"
+    return name
 
 
 @dataclass

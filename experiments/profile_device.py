@@ -5,7 +5,7 @@
 
 Times (median of repeats, after warm-up, device-synchronised) a target forward over n tokens at
 several context lengths, a drafter proposal at every block size, prefills of several lengths and
-the per-cycle overhead of the decoding loop, and writes them with the device's name and library
+the per-cycle overhead of the decoding loop (real cycles timed one by one, per block size), and writes them with the device's name and library
 versions as one JSON (`bp_rl.DeviceProfile`). With `flat=true` it also writes the `flat` model
 profile derived from it (every cycle costs one 1-token step), and with `roofline=[h200]` roofline
 models of accelerators (from weight bytes, bandwidth and peak FLOPs): models, labelled so. A trace table
@@ -28,8 +28,9 @@ from bp_rl.timing import device_name
 
 
 def device_slug(device: str) -> str:
-    """'CPU AMD EPYC (2 threads)' -> 'cpu-amd-epyc-2t': a file-name-safe machine name."""
+    """'CPU AMD EPYC, family 26 model 2 (2 threads)' -> 'cpu-amd-epyc-f26m2-2t': a file-name-safe machine name."""
     slug = re.sub(r"\((\d+) threads\)", r"\1t", device.lower())
+    slug = re.sub(r"family (\d+) model (\d+)", r"f\1m\2", slug)
     slug = re.sub(r"\(r\)|\(tm\)|processor|cpu @.*", "", slug)
     return re.sub(r"[^a-z0-9]+", "-", slug).strip("-")
 
@@ -53,7 +54,8 @@ def main(cfg: DictConfig) -> None:
     )
     print(f"{profile.device}: measured in {time.perf_counter() - started:.0f} s -> {profile.save(out_dir / f'{name}.json')}")
     one_step = {c: round(t * 1e3, 1) for c, t in profile.verify[1].items()}
-    print(f"1-token target step (ms by context): {one_step}; overhead per cycle {profile.overhead * 1e3:.2f} ms")
+    print(f"1-token target step (ms by context): {one_step}")
+    print("loop overhead ms per cycle by block: " + ", ".join(f"b{b}: {t * 1e3:.1f}" for b, t in profile.overhead.items()))
     print("verify ms by block (shortest context): " + ", ".join(f"b{b}: {min(by_c.items())[1] * 1e3:.1f}" for b, by_c in profile.verify.items()))
     print("draft ms by block: " + ", ".join(f"b{b}: {t * 1e3:.1f}" for b, t in profile.draft.items()))
     if cfg.flat:
