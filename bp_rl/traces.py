@@ -123,7 +123,8 @@ def trace_request(
             continue
         for i, matches, top1 in zip(drafting, *drafts(drafting, [sizes[i] for i in drafting])):
             accepted[b][i] = int(np.cumprod(matches[: sizes[i] - 1]).sum())
-            confidence[b][i][: sizes[i] - 1] = top1[: sizes[i] - 1]
+            drafted = top1[: sizes[i] - 1]  # a deterministic drafter may propose fewer
+            confidence[b][i][: len(drafted)] = drafted
     return AcceptanceTrace(len(prompt_ids), new, accepted, confidence, observations)
 
 

@@ -184,3 +184,14 @@ def test_a_joblib_multirun_over_two_shards_merges_into_one_table(tmp_path):
     assert merge.returncode == 0, merge.stderr[-2000:]
     assert "2 traced prompts in all" in merge.stdout
     assert {p[0] for p in TraceTable.load(out).traced_prompts()} == set().union(*(TraceTable.load(s).done_prompts() for s in shards))
+
+
+def test_the_shipped_traces_under_the_default_profile(capsys):
+    """`env=trace` with no profile named: this machine's shipped profile, or the closest one, said so."""
+    env = make_trace_env(split="test")
+    said = capsys.readouterr().out
+    profile = env.unwrapped.backend.rewards.profile
+    assert profile.kind == "measured" and (profile.name in said or "no shipped profile" not in said)
+    check_env(env, skip_render_check=True)
+    view = env.backend.view
+    assert len(view) == 129 and view.simulated_under == profile.name

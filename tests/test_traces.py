@@ -74,6 +74,9 @@ def test_prompt_lookup_traces_replay_live_decoding(tiny_target):
         live = speculative_generate(tiny_target, lookup, prompt, block_size, max_new_tokens=NEW, stop_token_ids=[])
         assert trace.tokens == live.token_ids
         assert trace.acceptance_lengths(block_size) == live.stats.acceptance_lengths
+        assert all(len(slots) == block_size - 1 and set(slots) <= {0.0, 1.0} for slots in trace.confidence[block_size])
+    # the lookup proposes fewer tokens than asked where the match is short: those slots stay 0
+    assert any(0.0 in slots[: effective_block(8, i, NEW) - 1] for i, slots in enumerate(trace.confidence[8]))
 
 
 def test_observations_are_the_ones_a_timed_measurement_reads(tiny_target, trained):
