@@ -14,6 +14,7 @@ re-run skips the prompts already traced.
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -176,7 +177,7 @@ def is_trace_table(name: str) -> bool:
     if not path.is_file():
         return (SHIPPED_TRACES_DIR / f"{name}.sqlite").is_file()
     try:
-        with sqlite3.connect(path) as db:
+        with closing(sqlite3.connect(path)) as db:
             row = db.execute("SELECT value FROM meta WHERE key = 'kind'").fetchone()
     except sqlite3.DatabaseError:
         return False  # the loader says what is wrong with it
