@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from bp_rl.drafter import Draft, DraftContext, Drafter
+from bp_rl.drafter import Draft, DraftContext, Drafter, layer_states
 from bp_rl.models import Target
 from bp_rl.outcomes import request_tokens_per_second
 from bp_rl.sampling import Sampler, verify
@@ -126,8 +126,7 @@ class SpeculativeDecoder:
         )
 
     def _drafter_features(self, hidden_states: tuple[torch.Tensor, ...], keep: int) -> torch.Tensor:
-        # hidden_states[0] is the embedding output, so layer i's output is at index i + 1
-        features = torch.cat([hidden_states[i + 1][:, :keep] for i in self.layer_ids], dim=-1)
+        features = layer_states(hidden_states, self.layer_ids, slice(None, keep))
         previous = self.draft_context.new_hidden
         return features if previous is None else torch.cat([previous, features], dim=1)
 

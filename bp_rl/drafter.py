@@ -43,6 +43,15 @@ class DraftContext:
     cache: Any = None
 
 
+def layer_states(hidden_states: tuple[torch.Tensor, ...], layer_ids, positions: slice = slice(None)) -> torch.Tensor:
+    """The target's states at `layer_ids` (a drafter's `target_layer_ids`), concatenated on the last
+    dimension, at `positions` of each sequence: (batch, positions, len(layer_ids) * hidden).
+
+    `hidden_states` is a Hugging Face model's `output_hidden_states` tuple, whose entry 0 is the
+    embedding output, so layer i's output is entry i + 1."""
+    return torch.cat([hidden_states[i + 1][:, positions] for i in layer_ids], dim=-1)
+
+
 class Drafter(ABC):
     """Base class of every drafter."""
 

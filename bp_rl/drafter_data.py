@@ -34,6 +34,7 @@ import torch
 from tqdm import tqdm
 from transformers import DynamicCache
 
+from bp_rl.drafter import layer_states
 from bp_rl.models import Target
 
 
@@ -202,7 +203,7 @@ def _batched_decode(
             use_cache=True, output_hidden_states=bool(layer_ids), logits_to_keep=1,
         )
         if layer_ids:
-            step_feats.append(torch.cat([out.hidden_states[i + 1][:, -keep:] for i in layer_ids], dim=-1).half().cpu())
+            step_feats.append(layer_states(out.hidden_states, layer_ids, slice(-keep, None)).half().cpu())
         logits = out.logits[:, -1].float()
         if top_k:
             best = logits.topk(top_k, dim=-1)

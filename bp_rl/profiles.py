@@ -225,6 +225,11 @@ def measure_profile(
     middle = tokens(contexts[len(contexts) // 2])
     draft = {b: draft_seconds(target, drafter, middle, b, repeats) for b in block_sizes if b > 1}
     prefill = {n: prefill_seconds(target, tokens(n), repeats) for n in prompt_lengths}
+    profile = DeviceProfile(
+        name=name, kind="measured", device=device_name(target.device), target=target.name, drafter=drafter_name,
+        drafter_hash=drafter_fingerprint(drafter), verify=verify, draft=draft, prefill=prefill,
+        overhead={b: 0.0 for b in block_sizes}, versions=library_versions(),
+    )
     # the loop around the passes, per block size: real decoding cycles timed one by one, minus the
     # isolated passes they made (negative where the isolated passes time slower than inside the loop)
     residuals: dict[int, list[float]] = {b: [] for b in block_sizes}
@@ -236,13 +241,9 @@ def measure_profile(
                 context = len(decoder.tokens)
                 with Stopwatch(target.device) as clock:
                     decoder.step(b)
-                passes = (draft[b] if b > 1 else 0.0) + _interpolate(verify[b], context)
-                residuals[b].append(clock.seconds - passes)
-    return DeviceProfile(
-        name=name, kind="measured", device=device_name(target.device), target=target.name, drafter=drafter_name,
-        drafter_hash=drafter_fingerprint(drafter), verify=verify, draft=draft, prefill=prefill,
-        overhead={b: statistics.median(r) for b, r in residuals.items()}, versions=library_versions(),
-    )
+                residuals[b].append(clock.seconds - profile.cycle_seconds(b, context))
+    profile.overhead = {b: statistics.median(r) for b, r in residuals.items()}
+    return profile
 
 
 def library_versions() -> dict[str, str]:

@@ -148,12 +148,12 @@ class TraceTable(table_file.TableFile):
         samples, ar = [], []
         for pid, _, _ in prompts:
             trace = self.trace(pid)
-            row = []
-            for b in self.block_sizes:
-                stats = simulate(trace, profile, b)
-                row.append(np.array([[stats.tokens_per_second, stats.mean_acceptance, stats.new_tokens, stats.cycles, stats.decode_seconds]]))
-            samples.append(row)
-            ar.append(np.array([simulate(trace, profile, 1).tokens_per_second]))
+            decodes = {b: simulate(trace, profile, b) for b in {1, *self.block_sizes}}  # block 1 is also the baseline
+            samples.append([
+                np.array([[s.tokens_per_second, s.mean_acceptance, s.new_tokens, s.cycles, s.decode_seconds]])
+                for s in (decodes[b] for b in self.block_sizes)
+            ])
+            ar.append(np.array([decodes[1].tokens_per_second]))
         return TableView(
             prompt_ids=[p[0] for p in prompts],
             categories=np.array([p[1] for p in prompts]),

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from bp_rl.block_drafter import BlockDrafter
-from bp_rl.drafter import DraftContext, Drafter
+from bp_rl.drafter import DraftContext, Drafter, layer_states
 from bp_rl.drafter_training import DraftVocabulary, drafts_at_anchors
 from bp_rl.measurement import DecodeSettings, start_request
 from bp_rl.models import Target
@@ -135,7 +135,7 @@ Drafts = Callable[[list[int], list[int]], tuple[list[list[bool]], list[list[floa
 def _packed_drafts(target: Target, drafter: BlockDrafter, sequence: torch.Tensor, prompt_tokens: int) -> Drafts:
     """Drafts at any anchors in one packed drafter pass (as in training), from one teacher-forced target pass."""
     out = target.model(sequence[None], output_hidden_states=True)
-    features = torch.cat([out.hidden_states[i + 1][0] for i in drafter.target_layer_ids], dim=-1)
+    features = layer_states(out.hidden_states, drafter.target_layer_ids)[0]
     embedding = target.model.get_input_embeddings().weight
     vocab = DraftVocabulary(drafter)
 

@@ -58,7 +58,8 @@ def main(cfg: DictConfig) -> None:
         started = time.perf_counter()
         trace = trace_request(target, drafter, render_prompt(prompt, target.tokenizer), block_sizes, cfg.max_new_tokens, feature_sets=feature_sets)
         table.add(prompt, trace, time.perf_counter() - started)
-        bar.set_postfix(prompt=prompt.id, accepted=f"{sum(trace.acceptance_lengths(max(block_sizes))) / max(1, len(trace.acceptance_lengths(max(block_sizes)))):.2f}")
+        cycles = trace.acceptance_lengths(max(block_sizes))
+        bar.set_postfix(prompt=prompt.id, accepted=f"{sum(cycles) / max(1, len(cycles)):.2f}")
     table.close()
     print(f"done: {out}")
 

@@ -26,7 +26,7 @@ import numpy as np
 from bp_rl.outcomes import ACCEPTANCE, DEFAULT_REWARD, MIN_GAP, REWARDS, TPS
 from bp_rl.profiles import DeviceProfile, shipped_profiles
 from bp_rl.rewards import RewardTable
-from bp_rl.trace_table import TraceTable, is_trace_table
+from bp_rl.trace_table import SimulatedRewards, TraceTable, is_trace_table
 from reporting import markdown_table
 
 
@@ -40,29 +40,23 @@ def show(path: str, split: str | None, reward: str, block_sizes: list[int] | Non
     if isinstance(table, TraceTable):
         if profile is None:
             raise ValueError(f"{path} is a trace table: name a device profile (--profile NAME); shipped: {shipped_profiles()}")
-        timing = DeviceProfile.load(profile)
-
-        def view_of(split_name):
-            return table.view(any_features, split_name, timing)
-
+        rewards = SimulatedRewards(table, DeviceProfile.load(profile))
         source = [f"exact T=0 acceptance traces of {table.summary()['prompts']} prompts; tokens/s SIMULATED under profile "
-                  f"{timing.name!r} ({timing.kind}: {timing.device})"]
+                  f"{rewards.profile.name!r} ({rewards.profile.kind}: {rewards.profile.device})"]
     else:
         if profile is not None:
             raise ValueError(f"--profile applies to trace tables; {path} is a timed reward table")
-        def view_of(split_name):
-            return table.view(any_features, split_name)
-
+        rewards = table
         source = [
             *[f"measured on {m['device']}, torch {m['torch']}, transformers {m['transformers']}: {rows} decodes"
               for m, rows in zip(table.machines, table.rows_per_machine())],
             f"{table.summary()['runs']} timed decodes",
         ]
     any_features = next(iter(table.feature_sets))  # observations play no part here
-    view = view_of(split)
+    view = rewards.view(any_features, split)
     # grid is chosen on the training split, as an agent would; fall back to this split if absent
     try:
-        grid_view, grid_split = view_of("train"), "train"
+        grid_view, grid_split = rewards.view(any_features, "train"), "train"
     except ValueError:
         grid_view, grid_split = view, "this split"
     if block_sizes:

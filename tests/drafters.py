@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from bp_rl import Draft, DraftContext, Drafter, Sampler, Target
+from bp_rl.drafter import layer_states
 
 
 class NoisyContinuationDrafter(Drafter):
@@ -53,7 +54,7 @@ def target_features(target: Target, tokens: torch.Tensor, layer_ids) -> torch.Te
     """The target's teacher-forced states at `layer_ids`, concatenated: (len, len(layer_ids) * hidden)."""
     with torch.no_grad():
         out = target.model(tokens[None], output_hidden_states=True)
-    return torch.cat([out.hidden_states[i + 1][0] for i in layer_ids], dim=-1)
+    return layer_states(out.hidden_states, layer_ids)[0]
 
 
 def greedy_sequence(target: Target, prompt: list[int], new_tokens: int) -> torch.Tensor:
