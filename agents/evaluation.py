@@ -46,6 +46,8 @@ def best_policy(env) -> Policy:
 def run_policies(policies: dict[str, Policy], env, seed: int = 0) -> dict[str, list[dict]]:
     """Every policy on every prompt of `env`'s split: one episode each, one record per prompt.
 
+    An episode is one decision in `BlockSizeEnv` and one per cycle in `BlockScheduleEnv`; a record
+    holds the episode's last `info`, its return as `reward` and the mean decision time per step.
     Policies take turns prompt by prompt, in a seeded random order per prompt, so on a live
     environment machine drift cannot favour whichever policy would have run first.
     """
@@ -54,15 +56,18 @@ def run_policies(policies: dict[str, Policy], env, seed: int = 0) -> dict[str, l
     for index in tqdm(range(env.num_prompts), desc=f"evaluate {', '.join(policies)}", unit="prompt", leave=False):
         for name in rng.permutation(list(policies)):
             observation, _ = env.reset(seed=index, options={"prompt_index": index})
-            start = time.perf_counter()
-            action = policies[name](observation, index)
-            decision_seconds = time.perf_counter() - start
-            if not env.action_space.contains(action):
-                raise ValueError(
-                    f"{name} chose action {action!r}, outside Discrete({env.action_space.n}) for block sizes {list(env.block_sizes)}"
-                )
-            _, reward, _, _, info = env.step(action)
-            records[name].append({**info, "action": int(action), "reward": reward, "decision_seconds": decision_seconds})
+            actions, decisions, total, done = [], [], 0.0, False
+            while not done:
+                start = time.perf_counter()
+                action = policies[name](observation, index)
+                decisions.append(time.perf_counter() - start)
+                if not env.action_space.contains(action):
+                    meaning = getattr(env, "actions", env.block_sizes)  # (block, verify) pairs per cycle, else block sizes
+                    raise ValueError(f"{name} chose action {action!r}, outside Discrete({env.action_space.n}) for {list(meaning)}")
+                observation, reward, done, _, info = env.step(action)
+                actions.append(int(action))
+                total += reward
+            records[name].append({**info, "action": actions[0], "reward": total, "decision_seconds": float(np.mean(decisions))})
     return records
 
 
@@ -79,7 +84,7 @@ def summarise(records: list[dict], grid: list[dict] | None = None) -> dict:
         c: _metrics([r for r in records if r["category"] == c], grid and [g for g in grid if g["category"] == c])
         for c in categories
     }
-    summary["block_histogram"] = dict(sorted(Counter(r["block_size"] for r in records).items()))
+    summary["block_histogram"] = dict(sorted(Counter(b for r in records for b in r.get("block_sizes", [r["block_size"]])).items()))
     summary["decision_ms"] = 1000 * float(np.mean([r["decision_seconds"] for r in records]))
     return summary
 

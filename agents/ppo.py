@@ -1,8 +1,10 @@
-"""`ppo`: stable-baselines3 PPO on `BlockSizeEnv`, where every episode is one decision.
+"""`ppo`: stable-baselines3 PPO on `BlockSizeEnv`, where every episode is one decision, or on
+`BlockScheduleEnv`, a decision per cycle.
 
-With one-step episodes there is nothing to bootstrap, so `gamma=0` and the advantage is just
-reward minus the value baseline; PPO then behaves like a policy-gradient contextual bandit
-with a learned baseline. Rewards are normalised (VecNormalize) because tokens/s is in the
+With one-step episodes there is nothing to bootstrap, so `gamma=0` (the default) and the advantage
+is just reward minus the value baseline; PPO then behaves like a policy-gradient contextual bandit
+with a learned baseline. Per cycle, `gamma=1` makes the return the episode's whole reward (the
+share of decode time saved), so a cycle is credited with what it leaves to the next ones. Rewards are normalised (VecNormalize) because tokens/s is in the
 tens; observations should come normalised from the environment (`normalize_obs`). The best
 policy by validation reward (exact, from the table) is kept.
 """
@@ -38,17 +40,20 @@ class PPOAgent(Agent):
         net_arch: tuple[int, ...] = (64, 64),
         normalize_reward: bool = True,
         eval_every: int = 1024,
+        gamma: float = 0.0,
+        gae_lambda: float = 1.0,
     ):
         super().__init__(block_sizes, observation_dim, seed)
         self.learning_rate, self.n_steps, self.batch_size, self.n_epochs = learning_rate, n_steps, batch_size, n_epochs
         self.ent_coef, self.net_arch = ent_coef, tuple(net_arch)
         self.normalize_reward, self.eval_every = normalize_reward, eval_every
+        self.gamma, self.gae_lambda = gamma, gae_lambda
         self.policy: ActorCriticPolicy | None = None
 
     def fit(self, data: FitData) -> None:
         env = DummyVecEnv([lambda: data.env])
         if self.normalize_reward:
-            env = VecNormalize(env, norm_obs=False, norm_reward=True, gamma=0.0)
+            env = VecNormalize(env, norm_obs=False, norm_reward=True, gamma=self.gamma)
         model = PPO(
             "MlpPolicy",
             env,
@@ -56,8 +61,8 @@ class PPOAgent(Agent):
             n_steps=self.n_steps,
             batch_size=self.batch_size,
             n_epochs=self.n_epochs,
-            gamma=0.0,
-            gae_lambda=1.0,
+            gamma=self.gamma,
+            gae_lambda=self.gae_lambda,
             ent_coef=self.ent_coef,
             policy_kwargs={"net_arch": list(self.net_arch)},
             seed=self.seed,

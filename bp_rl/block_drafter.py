@@ -215,15 +215,15 @@ class BlockDrafter(nn.Module, Drafter):
         logits = F.linear(hidden[0, 1:], self.draft_head()).float()
         ids = self.draft_token_ids
         if sampler.greedy:
-            best = logits.argmax(dim=-1)
-            return Draft(best if ids is None else ids[best])
+            confidence, best = logits.softmax(dim=-1).max(dim=-1)
+            return Draft(best if ids is None else ids[best], confidence=confidence)
         q = sampler.probs(logits)
-        drawn = sampler.draw(q)
+        drawn, confidence = sampler.draw(q), q.max(dim=-1).values
         if ids is None:
-            return Draft(drawn, q)
+            return Draft(drawn, q, confidence)
         # q over the full vocabulary: zero outside the draft vocabulary, so verification stays exact
         full = torch.zeros(q.shape[0], self.config.vocab_size, dtype=q.dtype, device=q.device)
-        return Draft(ids[drawn], full.index_copy_(1, ids, q))
+        return Draft(ids[drawn], full.index_copy_(1, ids, q), confidence)
 
     # --- construction, binding, persistence ---------------------------------------------------
     @classmethod

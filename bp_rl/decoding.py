@@ -18,7 +18,8 @@ from transformers import DynamicCache
 from bp_rl.drafter import Draft, DraftContext, Drafter, layer_states
 from bp_rl.models import Target
 from bp_rl.outcomes import request_tokens_per_second
-from bp_rl.sampling import Sampler, verify
+from bp_rl.sampling import Sampler
+from bp_rl.sampling import verify as verify_draft
 from bp_rl.timing import Stopwatch
 
 
@@ -30,6 +31,7 @@ class DecodeStats:
     new_tokens: int = 0
     acceptance_lengths: list[int] = field(default_factory=list)  # tokens committed per verify pass, bonus included
     block_sizes: list[int] = field(default_factory=list)  # block size of each cycle
+    verify_counts: list[int] = field(default_factory=list)  # tokens each cycle's verify pass took (anchor included)
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
 
@@ -63,6 +65,26 @@ class Generation:
     token_ids: list[int]  # new tokens only
     text: str
     stats: DecodeStats
+
+
+@dataclass
+class DraftedBlock:
+    """A cycle's draft, made and not yet verified."""
+
+    block_size: int
+    draft: Draft | None  # None: nothing drafted (block 1, or the budget leaves no room)
+
+    @property
+    def confidence(self) -> list[float]:
+        """The drafter's top-1 probability per drafted slot: as the drafter reports it, else the top of
+        the distribution it drew from, else 1 (a deterministic drafter's proposals)."""
+        if self.draft is None:
+            return []
+        if self.draft.confidence is not None:
+            return self.draft.confidence.tolist()
+        if self.draft.probs is not None:
+            return self.draft.probs.max(dim=-1).values.tolist()
+        return [1.0] * len(self.draft.tokens)
 
 
 @dataclass
@@ -142,30 +164,49 @@ class SpeculativeDecoder:
         self.stats.prefill_seconds = clock.seconds
         return Prefill(hidden_states=out.hidden_states, last_logits=out.logits[0, -1])
 
-    def decode(self, block_size: int) -> DecodeStats:
-        """Decode to the end (stop token or budget) at a fixed block size, timed into `stats`."""
+    def decode(self, block_size: int, verify_count: int | None = None) -> DecodeStats:
+        """Decode to the end (stop token or budget) at a fixed block size (and verify count), timed into `stats`."""
         check_block_size(self.drafter, block_size)
         with Stopwatch(self.target.device) as clock:
             while not self.done:
-                self.step(block_size)
+                self.step(block_size, verify_count)
         self.stats.decode_seconds = clock.seconds
         return self.stats
 
+    def step(self, block_size: int, verify_count: int | None = None) -> int:
+        """One draft-verify cycle with this block size; returns the number of tokens committed.
+        `verify_count` (default: the whole block) verifies only the anchor and the first
+        `verify_count - 1` drafts: DFlash's verify budget."""
+        return self.verify(self.draft(block_size), verify_count)
+
     @torch.inference_mode()
-    def step(self, block_size: int) -> int:
-        """One draft-verify cycle with this block size; returns the number of tokens committed."""
+    def draft(self, block_size: int) -> DraftedBlock:
+        """The first half of a cycle: draft `block_size - 1` tokens in one proposal (fewer near the budget)."""
         if self.done:
             raise RuntimeError("the request is finished: no step left")
         check_block_size(self.drafter, block_size)
         remaining = self.max_new_tokens - self.stats.new_tokens
         num_draft = min(block_size - 1, remaining - 1)
-        draft = self._propose(num_draft) if num_draft > 0 else None
-        draft_tokens = draft.tokens if draft is not None else self.tokens[:0]
+        return DraftedBlock(block_size, self._propose(num_draft) if num_draft > 0 else None)
+
+    @torch.inference_mode()
+    def verify(self, drafted: DraftedBlock, verify_count: int | None = None) -> int:
+        """The second half: the target verifies the anchor and the first `verify_count - 1` drafts in
+        one forward pass; the accepted prefix plus one target token are committed. Verifying a prefix
+        of a draft is verifying a shorter draft from the same distributions, so it stays lossless."""
+        if self.done:
+            raise RuntimeError("the request is finished: no step left")
+        verify_count = drafted.block_size if verify_count is None else verify_count
+        if not isinstance(verify_count, int) or not 1 <= verify_count <= drafted.block_size:
+            raise ValueError(f"verify_count must be an integer in [1, {drafted.block_size}] (the block size), got {verify_count!r}")
+        draft = drafted.draft
+        draft_tokens = draft.tokens[: verify_count - 1] if draft is not None else self.tokens[:0]
+        draft_probs = draft.probs[: verify_count - 1] if draft is not None and draft.probs is not None else None
 
         start = len(self.tokens) - 1  # position of the newest token, the block's anchor
         block = torch.cat([self.tokens[-1:], draft_tokens])
         out = self._forward(block)
-        accepted, next_token = verify(draft_tokens, draft.probs if draft else None, out.logits[0].float(), self.sampler)
+        accepted, next_token = verify_draft(draft_tokens, draft_probs, out.logits[0].float(), self.sampler)
 
         # roll the cache back to the anchor plus the accepted drafts
         self.cache.crop(-(len(block) - (accepted + 1)))
@@ -174,7 +215,8 @@ class SpeculativeDecoder:
         committed = self._commit(draft_tokens[:accepted].tolist() + [next_token])
         assert self.cache.get_seq_length() == start + accepted + 1
         self.stats.acceptance_lengths.append(committed)
-        self.stats.block_sizes.append(block_size)
+        self.stats.block_sizes.append(drafted.block_size)
+        self.stats.verify_counts.append(len(block))
         return committed
 
     def _propose(self, num_tokens: int) -> Draft:
@@ -211,16 +253,18 @@ def speculative_generate(
     top_p: float = 1.0,
     seed: int | None = None,
     stop_token_ids: list[int] | None = None,
+    verify_count: int | None = None,
 ) -> Generation:
     """Decode `prompt` speculatively with a fixed block size; lossless at every temperature.
 
     `stop_token_ids=None` stops at the target's EOS tokens; pass `[]` to never stop early.
+    `verify_count` (default: the block size): tokens each verify pass checks, the anchor included.
     """
     check_block_size(drafter, block_size)
     sampler = Sampler.create(temperature, top_k, top_p, seed, target.device)
     decoder = SpeculativeDecoder(target, drafter, prompt, max_new_tokens, sampler, stop_token_ids)
     decoder.prefill()
-    decoder.decode(block_size)
+    decoder.decode(block_size, verify_count)
     new_ids = decoder.new_token_ids
     return Generation(token_ids=new_ids, text=target.decode(new_ids), stats=decoder.stats)
 

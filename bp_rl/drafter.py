@@ -25,6 +25,7 @@ class Draft:
 
     tokens: torch.Tensor  # (k,) long
     probs: torch.Tensor | None = None  # (k, vocab); None: deterministic proposal (one-hot q)
+    confidence: torch.Tensor | None = None  # (k,) the drafter's top-1 probability per slot; None: not known
 
 
 @dataclass

@@ -2,10 +2,11 @@
 
 A request's speed is what each cycle accepts (an acceptance trace, the same on every machine) times
 what each pass costs (a profile, one per machine). A measured profile times, with the one timer
-(warm-up, device sync, median of repeats): a target forward over n tokens at context length c, a
+(warm-up, device sync, median of repeats, every pass once per round in a shuffled order so that
+the machine's drift hits all alike): a target forward over n tokens at context length c, a
 drafter proposal at block size b, the prefill of a prompt of length L, and, per block size, the
-overhead of the decoding loop around them: what real decoding cycles, timed one by one, take
-beyond those isolated passes. Model profiles (`flat_profile`, `roofline_profile`) are labelled
+overhead of the decoding loop around them: what a real decode takes per cycle beyond those
+isolated passes. Model profiles (`flat_profile`, `roofline_profile`) are labelled
 `kind="model"`: arithmetic, not measurements.
 """
 
@@ -15,9 +16,11 @@ import bisect
 import json
 import os
 import platform
+import random
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import transformers
@@ -27,33 +30,34 @@ from bp_rl.decoding import DecodeStats, SpeculativeDecoder
 from bp_rl.drafter import Drafter, drafter_fingerprint
 from bp_rl.models import Target
 from bp_rl.outcomes import DEFAULT_BLOCK_SIZES
-from bp_rl.timing import Stopwatch, device_name, measure
+from bp_rl.timing import device_name, measure, measure_interleaved
 from bp_rl.traces import AcceptanceTrace
 
 SHIPPED_PROFILES_DIR = Path(__file__).parent / "data" / "profiles"
 PROFILE_KINDS = ("measured", "model")
 
 
-# --- raw pass timings (also what bench_decode prints) ----------------------------------------------
+# --- raw passes (timed one by one for bench_decode, interleaved for a profile) ---------------------
 
 
-def verify_forward_seconds(target: Target, context_ids: torch.Tensor, block_size: int, repeats: int) -> float:
-    """Median time of one target forward over `block_size` new tokens after `context_ids` (KV cached)."""
+def verify_forward(target: Target, context_ids: torch.Tensor, block_size: int) -> Callable[[], None]:
+    """One target forward over `block_size` new tokens after `context_ids` (KV cached), repeatable."""
     cache = DynamicCache()
     with torch.inference_mode():
         target.model(input_ids=context_ids[None], past_key_values=cache, use_cache=True, logits_to_keep=1)
-        block = context_ids[-block_size:][None]
+    block = context_ids[-block_size:][None]
 
-        def forward():
-            target.model(input_ids=block, past_key_values=cache, use_cache=True)
-            cache.crop(-block_size)
+    @torch.inference_mode()
+    def forward():
+        target.model(input_ids=block, past_key_values=cache, use_cache=True)
+        cache.crop(-block_size)
 
-        return measure(forward, target.device, warmup=2, repeats=repeats).median
+    return forward
 
 
-def draft_seconds(target: Target, drafter: Drafter, context_ids: torch.Tensor, block_size: int, repeats: int) -> float:
-    """Median time of one proposal of `block_size - 1` tokens after `context_ids`, its context already
-    shown to the drafter (as in every cycle after the first)."""
+def draft_pass(target: Target, drafter: Drafter, context_ids: torch.Tensor, block_size: int) -> Callable[[], None]:
+    """One proposal of `block_size - 1` tokens after `context_ids`, its context already shown to the
+    drafter (as in every cycle after the first), repeatable."""
     decoder = SpeculativeDecoder(target, drafter, context_ids, max_new_tokens=block_size + 2)
     decoder.prefill()
     decoder.step(2)  # the drafter has now cached the prompt; what stays new per cycle is an accepted token or two
@@ -61,21 +65,32 @@ def draft_seconds(target: Target, drafter: Drafter, context_ids: torch.Tensor, b
     new_hidden = context.new_hidden
     context.token_ids = decoder.tokens
 
+    @torch.inference_mode()
     def propose():
         context.new_hidden = new_hidden
         drafter.propose(context, block_size - 1, decoder.sampler)
         if new_hidden is not None:  # undo the context the proposal cached, so every repeat does the same work
             context.cache.crop(-new_hidden.shape[1])
 
-    return measure(propose, target.device, warmup=2, repeats=repeats).median
+    return propose
 
 
-def prefill_seconds(target: Target, prompt_ids: torch.Tensor, repeats: int) -> float:
+def prefill_pass(target: Target, prompt_ids: torch.Tensor) -> Callable[[], None]:
+    @torch.inference_mode()
     def forward():
-        with torch.inference_mode():
-            target.model(input_ids=prompt_ids[None], use_cache=True, output_hidden_states=True, logits_to_keep=1)
+        target.model(input_ids=prompt_ids[None], use_cache=True, output_hidden_states=True, logits_to_keep=1)
 
-    return measure(forward, target.device, warmup=1, repeats=repeats).median
+    return forward
+
+
+def verify_forward_seconds(target: Target, context_ids: torch.Tensor, block_size: int, repeats: int) -> float:
+    """Median time of one target forward over `block_size` new tokens after `context_ids`."""
+    return measure(verify_forward(target, context_ids, block_size), target.device, warmup=2, repeats=repeats).median
+
+
+def draft_seconds(target: Target, drafter: Drafter, context_ids: torch.Tensor, block_size: int, repeats: int) -> float:
+    """Median time of one proposal of `block_size - 1` tokens after `context_ids`."""
+    return measure(draft_pass(target, drafter, context_ids, block_size), target.device, warmup=2, repeats=repeats).median
 
 
 # --- the profile -----------------------------------------------------------------------------------
@@ -137,10 +152,13 @@ class DeviceProfile:
             raise ValueError(f"profile {self.name!r} has no draft cost for block {block_size}; profiled: {sorted(self.draft)}")
         return self.draft[block_size]
 
-    def cycle_seconds(self, block_size: int, context: int) -> float:
-        if block_size not in self.overhead:
-            raise ValueError(f"profile {self.name!r} has no loop overhead for block {block_size}; profiled: {sorted(self.overhead)}")
-        return self.draft_seconds(block_size) + self.verify_seconds(block_size, context) + self.overhead[block_size]
+    def cycle_seconds(self, block_size: int, context: int, verify: int | None = None) -> float:
+        """One cycle drafting at `block_size` and verifying `verify` tokens (default: the whole block).
+        The loop overhead is the verify count's: it follows the tokens the target passes and rolls back."""
+        verify = block_size if verify is None else verify
+        if verify not in self.overhead:
+            raise ValueError(f"profile {self.name!r} has no loop overhead for {verify} tokens; profiled: {sorted(self.overhead)}")
+        return self.draft_seconds(block_size) + self.verify_seconds(verify, context) + self.overhead[verify]
 
     def prefill_seconds(self, prompt_tokens: int) -> float:
         return _interpolate(self.prefill, prompt_tokens)
@@ -211,38 +229,54 @@ def measure_profile(
     contexts: tuple[int, ...] = (64, 256, 512),
     prompt_lengths: tuple[int, ...] = (16, 64, 256, 512),
     repeats: int = 10,
-    overhead_decodes: int = 3,
+    decode_tokens: int = 24,
     seed: int = 0,
 ) -> DeviceProfile:
-    """Time every pass on this machine (nothing else heavy may run meanwhile)."""
+    """Time every pass on this machine (nothing else heavy may run meanwhile).
+
+    Every pass, and a real `decode_tokens`-token decode per block size, is timed once per round, the
+    rounds interleaved (`measure_interleaved`), so the machine's drift cannot favour one block size.
+    A block's loop overhead is what its real decode takes per cycle beyond the isolated passes its
+    cycles made (negative where the isolated passes time slower than inside the loop)."""
     generator = torch.Generator().manual_seed(seed)
     low, high = min(100, target.vocab_size // 2), min(target.vocab_size, 30000)  # ordinary tokens: no specials
 
     def tokens(n: int) -> torch.Tensor:
         return torch.randint(low, high, (n,), generator=generator).to(target.device)
 
-    verify = {b: {c: verify_forward_seconds(target, tokens(c + b), b, repeats) for c in contexts} for b in block_sizes}
-    middle = tokens(contexts[len(contexts) // 2])
-    draft = {b: draft_seconds(target, drafter, middle, b, repeats) for b in block_sizes if b > 1}
-    prefill = {n: prefill_seconds(target, tokens(n), repeats) for n in prompt_lengths}
+    middle, decode_prompt = tokens(contexts[len(contexts) // 2]), tokens(contexts[0])
+    decodes: dict[int, list[DecodeStats]] = {b: [] for b in block_sizes}
+
+    def real_decode(block_size: int) -> Callable[[], None]:
+        def run():
+            decoder = SpeculativeDecoder(target, drafter, decode_prompt, max_new_tokens=decode_tokens, stop_token_ids=[])
+            decoder.prefill()
+            decodes[block_size].append(decoder.decode(block_size))  # decode() times itself
+
+        return run
+
+    passes = {("verify", b, c): verify_forward(target, tokens(c + b), b) for b in block_sizes for c in contexts}
+    passes.update({("draft", b): draft_pass(target, drafter, middle, b) for b in block_sizes if b > 1})
+    passes.update({("prefill", n): prefill_pass(target, tokens(n)) for n in prompt_lengths})
+    passes.update({("decode", b): real_decode(b) for b in block_sizes})
+    warmup = 2
+    seconds = {key: timing.median for key, timing in measure_interleaved(passes, target.device, warmup, repeats, seed).items()}
     profile = DeviceProfile(
         name=name, kind="measured", device=device_name(target.device), target=target.name, drafter=drafter_name,
-        drafter_hash=drafter_fingerprint(drafter), verify=verify, draft=draft, prefill=prefill,
+        drafter_hash=drafter_fingerprint(drafter),
+        verify={b: {c: seconds["verify", b, c] for c in contexts} for b in block_sizes},
+        draft={b: seconds["draft", b] for b in block_sizes if b > 1},
+        prefill={n: seconds["prefill", n] for n in prompt_lengths},
         overhead={b: 0.0 for b in block_sizes}, versions=library_versions(),
     )
-    # the loop around the passes, per block size: real decoding cycles timed one by one, minus the
-    # isolated passes they made (negative where the isolated passes time slower than inside the loop)
-    residuals: dict[int, list[float]] = {b: [] for b in block_sizes}
-    for _ in range(overhead_decodes):
-        for b in block_sizes:
-            decoder = SpeculativeDecoder(target, drafter, tokens(contexts[0]), max_new_tokens=32, stop_token_ids=[])
-            decoder.prefill()
-            while not decoder.done:
-                context = len(decoder.tokens)
-                with Stopwatch(target.device) as clock:
-                    decoder.step(b)
-                residuals[b].append(clock.seconds - profile.cycle_seconds(b, context))
-    profile.overhead = {b: statistics.median(r) for b, r in residuals.items()}
+    for b, runs in decodes.items():  # greedy: every run of a block decodes the same cycles
+        timed = runs[warmup:]
+        context, passes_seconds = len(decode_prompt) + 1, 0.0
+        for committed in timed[0].acceptance_lengths:
+            passes_seconds += profile.cycle_seconds(b, context)
+            context += committed
+        real = statistics.median(stats.decode_seconds for stats in timed)
+        profile.overhead[b] = (real - passes_seconds) / timed[0].cycles
     return profile
 
 
@@ -321,19 +355,19 @@ def roofline_profile(
     )
 
 
-def simulate(trace: AcceptanceTrace, profile: DeviceProfile, schedule) -> DecodeStats:
+def simulate(trace: AcceptanceTrace, profile: DeviceProfile, schedule, draft_block: int | None = None) -> DecodeStats:
     """The decode a schedule gives on the trace, with seconds from the profile (simulated, not timed).
 
-    `schedule`: a block size (fixed) or a callable CycleState -> block size (per cycle)."""
+    `schedule`: an action (a block size, or (block, verify count)) for every cycle, or a callable
+    CycleState -> action (per cycle; `draft_block` as in `AcceptanceTrace.replay`)."""
     choose = schedule if callable(schedule) else (lambda state: schedule)
-    cycles = trace.replay(choose)
+    cycles = trace.replay(choose, draft_block)
     stats = DecodeStats(prompt_tokens=trace.prompt_tokens, new_tokens=len(trace.tokens))
     stats.prefill_seconds = profile.prefill_seconds(trace.prompt_tokens)
     context = trace.prompt_tokens + 1  # the cycle's anchor is the newest committed token
-    for block, committed in cycles:
-        stats.decode_seconds += profile.cycle_seconds(block, context)
-        stats.block_sizes.append(block)
-        stats.acceptance_lengths.append(committed)
-        context += committed
+    for cycle in cycles:
+        stats.decode_seconds += profile.cycle_seconds(cycle.block, context, cycle.verify)
+        stats.block_sizes.append(cycle.block)
+        stats.acceptance_lengths.append(cycle.committed)
+        context += cycle.committed
     return stats
-

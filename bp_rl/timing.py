@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -96,6 +97,27 @@ def measure(fn: Callable[[], object], device: torch.device | str = "cpu", warmup
             fn()
         samples.append(sw.seconds)
     return Timing(samples)
+
+
+def measure_interleaved(fns: dict, device: torch.device | str = "cpu", warmup: int = 1, repeats: int = 5, seed: int = 0) -> dict:
+    """`measure` for many callables at once, in rounds: each round times every callable once, in a
+    fresh random order, so a slow spell of the machine (CPU speed drifts by a fifth within minutes)
+    slows every callable alike instead of whichever ran then. Returns a `Timing` per key."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    rng = random.Random(seed)
+    keys = list(fns)
+    samples: dict = {key: [] for key in keys}
+    for _ in range(repeats):
+        rng.shuffle(keys)
+        for key in keys:
+            with Stopwatch(device) as sw:
+                fns[key]()
+            samples[key].append(sw.seconds)
+    return {key: Timing(times) for key, times in samples.items()}
 
 
 def machine_load_note() -> str:

@@ -26,13 +26,37 @@ from bp_rl.models import Target
 from bp_rl.sampling import Sampler
 
 
+Action = int | tuple[int, int]  # a block size, or (block size, verify count)
+
+
+def as_action(action: Action) -> tuple[int, int]:
+    """(block, verify) of an action: a plain block size verifies its whole block. A cycle drafts
+    block - 1 tokens in one pass and verifies the anchor plus the first verify - 1 of them."""
+    block, verify = (action, action) if isinstance(action, (int, np.integer)) else action
+    block, verify = int(block), int(verify)
+    if not 1 <= verify <= block:
+        raise ValueError(f"verify count {verify} must be in [1, block size {block}]: a cycle verifies at most what it drafts")
+    return block, verify
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """One replayed (or decoded) cycle."""
+
+    block: int
+    verify: int
+    committed: int  # tokens committed, bonus included
+    confidence: tuple[float, ...] = ()  # the drafter's top-1 probability at each drafted slot
+
+
 @dataclass
 class CycleState:
-    """What a per-cycle schedule may look at before choosing the next cycle's block size."""
+    """What a per-cycle schedule may look at before choosing the next cycle's action."""
 
     committed: int  # new tokens committed so far (the prefill commits the first)
     budget: int  # new tokens this request may still commit, at most
-    history: list[tuple[int, int]] = field(default_factory=list)  # (block size, tokens committed) per cycle so far
+    history: list[Cycle] = field(default_factory=list)
+    draft: tuple[float, ...] | None = None  # drafted-first schedules: this cycle's draft confidences, already made
 
 
 @dataclass
@@ -42,6 +66,7 @@ class AcceptanceTrace:
     `tokens` are the new tokens of the target's greedy continuation (a stop token, if any, last).
     `accepted[b][i]`: drafts the target accepts in a cycle of block size b anchored at new token i
     (the cycle drafts the tokens after it; near the budget it drafts fewer, as decoding does).
+    Verifying only the first k - 1 drafts accepts min(accepted[b][i], k - 1): acceptance is a prefix.
     `confidence[b][i]`: the drafter's top-1 probability at each of that cycle's b - 1 drafted slots
     (1 where a deterministic drafter proposed a token, 0 where it proposed none).
     `observations`: the prefill's observation vector per feature set, as the reward table keeps them.
@@ -57,20 +82,36 @@ class AcceptanceTrace:
     def block_sizes(self) -> tuple[int, ...]:
         return tuple(sorted(self.accepted))
 
-    def committed(self, anchor: int, block_size: int) -> int:
-        """Tokens a cycle of `block_size` anchored at new token `anchor` commits (bonus included)."""
+    @property
+    def anchors(self) -> int:
+        """Places a cycle can start: every new token but the last."""
+        return len(self.tokens) - 1
+
+    def committed(self, anchor: int, block_size: int, verify: int | None = None) -> int:
+        """Tokens a cycle of `block_size` anchored at new token `anchor` commits (bonus included),
+        verifying `verify` tokens (default: the whole block)."""
         if block_size not in self.accepted:
             raise ValueError(f"block size {block_size} is not in this trace; traced: {list(self.block_sizes)}")
-        remaining = len(self.tokens) - 1 - anchor
-        return min(self.accepted[block_size][anchor] + 1, remaining)
+        accepted = self.accepted[block_size][anchor]
+        if verify is not None:
+            accepted = min(accepted, verify - 1)
+        return min(accepted + 1, self.anchors - anchor)
 
-    def replay(self, schedule: Callable[[CycleState], int]) -> list[tuple[int, int]]:
-        """(block size, tokens committed) of every cycle when `schedule` picks each cycle's block size."""
-        state = CycleState(committed=1, budget=len(self.tokens) - 1)
+    def replay(self, schedule: Callable[[CycleState], Action], draft_block: int | None = None) -> list[Cycle]:
+        """Every cycle when `schedule` picks each cycle's action (a block size or (block, verify)).
+
+        `draft_block`: draft first at this block size and show the draft's confidences in
+        `state.draft` (a verify-count rule); every action must then draft at that block."""
+        state = CycleState(committed=1, budget=self.anchors)
         while state.committed < len(self.tokens):
-            block = schedule(state)
-            n = self.committed(state.committed - 1, block)
-            state.history.append((block, n))
+            anchor = state.committed - 1
+            if draft_block is not None:
+                state.draft = tuple(self.confidence[draft_block][anchor])
+            block, verify = as_action(schedule(state))
+            if draft_block is not None and block != draft_block:
+                raise ValueError(f"the draft was made at block {draft_block}: a drafted-first schedule chose block {block}")
+            n = self.committed(anchor, block, verify)
+            state.history.append(Cycle(block, verify, n, tuple(self.confidence[block][anchor])))
             state.committed += n
             state.budget -= n
         return state.history
@@ -78,7 +119,7 @@ class AcceptanceTrace:
     def acceptance_lengths(self, block_size: int) -> list[int]:
         """Per-cycle committed counts of a fixed-block decode: at T=0 exactly
         `speculative_generate(..., block_size).stats.acceptance_lengths`."""
-        return [n for _, n in self.replay(lambda state: block_size)]
+        return [cycle.committed for cycle in self.replay(lambda state: block_size)]
 
 
 def effective_block(block_size: int, anchor: int, max_new_tokens: int) -> int:

@@ -2,7 +2,9 @@
 
 A backend knows a fixed list of prompts. `observe(i)` starts request i and returns its
 observation; `outcome(i, k, rng)` finishes it at block size `block_sizes[k]` and returns what
-happened. Three backends:
+happened. The trace and live backends also step a request cycle by cycle (`CycleBackend`:
+`begin(i)` gives a `CycleRequest`, whose `draft` and `verify` are the two halves of a cycle), for
+`BlockScheduleEnv`. Three backends:
 
 - `TableBackend` replays a measured `RewardTable` (fast; deterministic under a seed);
 - `TraceBackend` replays exact acceptance traces with seconds simulated under a device profile
@@ -18,8 +20,11 @@ from typing import Protocol
 import numpy as np
 
 from bp_rl.features import DEFAULT_FEATURE_SET
+from bp_rl.decoding import SpeculativeDecoder
 from bp_rl.measurement import AUTOREGRESSIVE, DecodeSettings, finish_request, measure, start_request
+from bp_rl.profiles import DeviceProfile, simulate
 from bp_rl.prompts import DEFAULT_SUITE, load_prompts, render_prompt
+from bp_rl.timing import Stopwatch
 from bp_rl.trace_table import SimulatedRewards
 from bp_rl.traces import AcceptanceTrace
 from bp_rl.outcomes import DEFAULT_BLOCK_SIZES, SAMPLE_COLUMNS, TableView
@@ -52,6 +57,91 @@ class Backend(Protocol):
 
     def outcome(self, i: int, k: int, rng: np.random.Generator) -> Outcome:
         """Finish the started request at block size `block_sizes[k]`."""
+
+
+class CycleRequest(Protocol):
+    """One request in flight, decoded a cycle at a time."""
+
+    done: bool
+    prefill_seconds: float
+    ar_decode_seconds: float  # this request decoded autoregressively: the reward's yardstick
+    ar_new_tokens: int
+    token_ids: list[int]  # the new tokens committed so far
+
+    def draft(self, block_size: int) -> tuple[float, ...]:
+        """Make this cycle's draft; returns the drafter's top-1 probability per drafted slot."""
+
+    def verify(self, count: int) -> tuple[int, float]:
+        """Verify the anchor and the first `count - 1` drafts: (tokens committed, seconds of the whole cycle)."""
+
+
+class CycleBackend(Protocol):
+    """What `BlockScheduleEnv` asks of a source of requests."""
+
+    prompt_ids: list[str]
+    categories: list[str]
+    block_sizes: tuple[int, ...]
+    observation_dim: int
+    max_new_tokens: int
+
+    def begin(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, CycleRequest]:
+        """Start request i: its prefill observation and the request, ready for its first cycle."""
+
+
+class TraceRequest:
+    """A request replayed from its trace, with seconds from a profile (exact at T=0, simulated)."""
+
+    def __init__(self, trace: AcceptanceTrace, profile: DeviceProfile):
+        self.trace, self.profile = trace, profile
+        self.anchor, self.block = 0, None
+        self.done = trace.anchors == 0
+        self.prefill_seconds = profile.prefill_seconds(trace.prompt_tokens)
+        self.ar_decode_seconds = simulate(trace, profile, 1).decode_seconds
+        self.ar_new_tokens = len(trace.tokens)
+
+    def draft(self, block_size: int) -> tuple[float, ...]:
+        self.block = block_size
+        return tuple(self.trace.confidence[block_size][self.anchor])
+
+    def verify(self, count: int) -> tuple[int, float]:
+        committed = self.trace.committed(self.anchor, self.block, count)
+        seconds = self.profile.cycle_seconds(self.block, self.trace.prompt_tokens + self.anchor + 1, count)
+        self.anchor += committed
+        self.done = self.anchor == self.trace.anchors
+        return committed, seconds
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.trace.tokens[: self.anchor + 1]
+
+
+class LiveRequest:
+    """A request decoded for real, each half-cycle timed."""
+
+    def __init__(self, decoder: SpeculativeDecoder, ar_decode_seconds: float, ar_new_tokens: int):
+        self.decoder, self.drafted = decoder, None  # drafted: the DraftedBlock awaiting verification
+        self.prefill_seconds = decoder.stats.prefill_seconds
+        self.ar_decode_seconds, self.ar_new_tokens = ar_decode_seconds, ar_new_tokens
+        self._draft_seconds = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.decoder.done
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.decoder.new_token_ids
+
+    def draft(self, block_size: int) -> tuple[float, ...]:
+        with Stopwatch(self.decoder.target.device) as clock:
+            self.drafted = self.decoder.draft(block_size)
+        self._draft_seconds = clock.seconds
+        return tuple(self.drafted.confidence)
+
+    def verify(self, count: int) -> tuple[int, float]:
+        with Stopwatch(self.decoder.target.device) as clock:
+            committed = self.decoder.verify(self.drafted, count)
+        return committed, self._draft_seconds + clock.seconds
 
 
 class TableBackend:
@@ -87,9 +177,13 @@ class TraceBackend(TableBackend):
     def __init__(self, rewards: SimulatedRewards, split: str, feature_set: str = DEFAULT_FEATURE_SET):
         super().__init__(rewards.view(feature_set, split), replay="median")
         self.rewards = rewards
+        self.max_new_tokens = int(rewards.meta["settings"]["max_new_tokens"])
 
     def trace(self, i: int) -> AcceptanceTrace:
         return self.rewards.traces.trace(self.prompt_ids[i])
+
+    def begin(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, TraceRequest]:
+        return self.observe(i, rng), TraceRequest(self.trace(i), self.rewards.profile)
 
 
 class LiveBackend:
@@ -119,7 +213,9 @@ class LiveBackend:
         self.prompt_ids, self.categories = [p.id for p in prompts], [p.category for p in prompts]
         self.block_sizes = tuple(block_sizes)
         self._token_ids = [target.encode(render_prompt(p, target.tokenizer)) for p in prompts]
+        self.max_new_tokens = settings.max_new_tokens
         self._ar: dict[int, float] = {}
+        self._ar_decode: dict[int, tuple[float, int]] = {}  # (decode seconds, new tokens) of the AR decode
         self._decoder = None
         self.observation_dim = len(self.observe(0, np.random.default_rng(0)))
         self._decoder = None
@@ -130,6 +226,16 @@ class LiveBackend:
             self.target, self.drafter, self._token_ids[i], self.settings, (self.feature_set,), seed
         )
         return observations[self.feature_set]
+
+    def begin(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, LiveRequest]:
+        seed = int(rng.integers(2**31))
+        if i not in self._ar_decode:  # measured before the prefill, so the request in flight is undisturbed
+            baseline = measure(self.target, None, self._token_ids[i], AUTOREGRESSIVE, self.settings, seed=seed).stats
+            self._ar_decode[i] = (baseline.decode_seconds, baseline.new_tokens)
+        observation = self.observe(i, rng)
+        request = LiveRequest(self._decoder, *self._ar_decode[i])
+        self._decoder = None
+        return observation, request
 
     def outcome(self, i: int, k: int, rng: np.random.Generator) -> Outcome:
         if self._decoder is None:

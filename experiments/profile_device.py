@@ -3,10 +3,11 @@
     python experiments/profile_device.py                        # the embedded target and shipped drafter
     python experiments/profile_device.py drafter=default repeats=20
 
-Times (median of repeats, after warm-up, device-synchronised) a target forward over n tokens at
-several context lengths, a drafter proposal at every block size, prefills of several lengths and
-the per-cycle overhead of the decoding loop (real cycles timed one by one, per block size), and writes them with the device's name and library
-versions as one JSON (`bp_rl.DeviceProfile`). With `flat=true` it also writes the `flat` model
+Times (median of repeats, after warm-up, device-synchronised, all passes interleaved round by
+round against the machine's drift) a target forward over n tokens at several context lengths, a
+drafter proposal at every block size, prefills of several lengths and the per-cycle overhead of the
+decoding loop (a real decode per block size beyond its isolated passes), and writes them with the
+device's name and library versions as one JSON (`bp_rl.DeviceProfile`). With `flat=true` it also writes the `flat` model
 profile derived from it (every cycle costs one 1-token step), and with `roofline=[h200]` roofline
 models of accelerators (from weight bytes, bandwidth and peak FLOPs): models, labelled so. A trace table
 collected anywhere then gives this machine's tokens/s: `run.py env=trace env.profile=<name>`.

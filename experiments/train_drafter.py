@@ -159,7 +159,9 @@ def build_regenerations(cfg: DictConfig, target: Target, work: Path) -> None:
     )
     shard_dir = work / "shards"
     regenerate(target, read_prompt_list(work / "prompts-val.jsonl"), shard_dir, "val", **options)
-    regenerate(target, read_prompt_list(work / "prompts-train.jsonl"), shard_dir, "train", max_minutes=cfg.data.max_minutes, **options)
+    train = read_prompt_list(work / "prompts-train.jsonl")
+    first = cfg.data.first_prompt % len(train)  # go on with the rows an earlier drafter never saw
+    regenerate(target, train[first:] + train[:first], shard_dir, "train", max_minutes=cfg.data.max_minutes, **options)
     for name in ("train", "val"):
         pool = SequencePool(shard_dir, name, options["layer_ids"])
         print(f"{name}: {len(pool)} sequences, {pool.tokens:,} tokens, {pool.new_tokens:,} written by the target")

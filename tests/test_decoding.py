@@ -177,3 +177,34 @@ def test_self_drafter_is_lossless_at_temperature_zero(tiny_target):
     expected = hf_greedy(tiny_target, PROMPT, 24)
     out = speculative_generate(tiny_target, SelfDrafter(tiny_target), PROMPT, 4, max_new_tokens=24, stop_token_ids=[])
     assert out.token_ids == expected
+
+
+@pytest.mark.parametrize("block_size,verify_count", [(4, 2), (8, 3), (16, 1), (16, 16)])
+def test_greedy_equals_hf_generate_with_a_verify_count(tiny_target, block_size, verify_count):
+    expected = hf_greedy(tiny_target, PROMPT, 40)
+    drafter = NoisyContinuationDrafter(len(PROMPT), expected, tiny_target.vocab_size, period=5)
+    out = speculative_generate(tiny_target, drafter, PROMPT, block_size, max_new_tokens=40, stop_token_ids=[], verify_count=verify_count)
+    assert out.token_ids == expected
+    assert max(out.stats.acceptance_lengths) <= verify_count and set(out.stats.verify_counts) <= set(range(1, verify_count + 1))
+    assert out.stats.verify_counts[0] == verify_count and out.stats.block_sizes[0] == block_size
+
+
+def test_a_cycle_in_two_halves_shows_its_draft_before_verifying(tiny_target, tiny_drafter):
+    decoder = SpeculativeDecoder(tiny_target, tiny_drafter, PROMPT, max_new_tokens=20, stop_token_ids=[])
+    decoder.prefill()
+    drafted = decoder.draft(8)
+    assert len(drafted.confidence) == 7 and all(0 < p <= 1 for p in drafted.confidence)
+    assert decoder.stats.cycles == 0  # nothing verified yet
+    assert decoder.verify(drafted, 3) in (1, 2, 3) and decoder.stats.verify_counts == [3]
+    continuation = ContinuationDrafter(len(PROMPT), hf_greedy(tiny_target, PROMPT, 20))
+    other = SpeculativeDecoder(tiny_target, continuation, PROMPT, max_new_tokens=20, stop_token_ids=[])
+    other.prefill()
+    assert other.draft(4).confidence == [1.0, 1.0, 1.0]  # a deterministic drafter's proposals
+
+
+@pytest.mark.parametrize("verify_count", [0, 5, 2.0])
+def test_a_verify_count_outside_the_block_is_rejected(tiny_target, tiny_drafter, verify_count):
+    decoder = SpeculativeDecoder(tiny_target, tiny_drafter, PROMPT, max_new_tokens=20)
+    decoder.prefill()
+    with pytest.raises(ValueError, match=r"verify_count must be an integer in \[1, 4\] \(the block size\)"):
+        decoder.step(4, verify_count)

@@ -17,7 +17,7 @@ PROMPT, NEW = [5, 6, 7, 8, 9], 30
 def setup(tiny_target):
     drafter = overfit_drafter(tiny_target, greedy_sequence(tiny_target, PROMPT, NEW), len(PROMPT))
     profile = measure_profile(tiny_target, drafter, "overfit", "tiny-cpu", block_sizes=(1, 2, 4, 8), contexts=(16, 64),
-                              prompt_lengths=(8, 32), repeats=2, overhead_decodes=1)
+                              prompt_lengths=(8, 32), repeats=2, decode_tokens=12)
     return drafter, profile
 
 

@@ -42,13 +42,13 @@ def exact_joint(target, sampler: Sampler) -> dict[tuple[int, ...], float]:
     return dict(zip(seqs, chosen.prod(dim=-1).tolist()))
 
 
-def chi_square_pvalue(target, drafter, top_k=0, top_p=1.0) -> float:
+def chi_square_pvalue(target, drafter, top_k=0, top_p=1.0, verify_count=None) -> float:
     exact = exact_joint(target, Sampler(1.0, top_k, top_p))
     counts = dict.fromkeys(exact, 0)
     for seed in range(SAMPLES):
         out = speculative_generate(
             target, drafter, PROMPT, 4, max_new_tokens=NEW, temperature=1.0, top_k=top_k, top_p=top_p,
-            seed=seed, stop_token_ids=[],
+            seed=seed, stop_token_ids=[], verify_count=verify_count,
         )
         counts[tuple(out.token_ids)] += 1
     # pool the cells with expected count < 5 into one, as the chi-square approximation needs
@@ -91,3 +91,9 @@ def test_matches_target_with_a_reduced_draft_vocabulary(small_target):
     """q is zero outside the draft vocabulary: tokens the drafter cannot propose still come out exactly."""
     drafter = BlockDrafter.for_target(small_target, num_layers=1, seed=0).set_draft_vocabulary(torch.tensor([0, 2, 3, 5]))
     assert chi_square_pvalue(small_target, drafter) > ALPHA
+
+
+def test_matches_target_verifying_only_part_of_each_block(small_target):
+    """A verify budget checks a prefix of the draft: a shorter draft from the same distributions."""
+    drafter = SelfDrafter(small_target, temperature=1.3)
+    assert chi_square_pvalue(small_target, drafter, verify_count=2) > ALPHA

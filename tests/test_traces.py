@@ -37,15 +37,51 @@ def test_per_cycle_schedule_replay_equals_live_decoding(tiny_target, trained, tr
     def schedule(state):  # HF-assistant style: grow after a full accept, shrink otherwise
         if not state.history:
             return 4
-        block, committed = state.history[-1]
-        return min(8, block * 2) if committed == block else max(2, block // 2)
+        last = state.history[-1]
+        return min(8, last.block * 2) if last.committed == last.block else max(2, last.block // 2)
 
     replayed = trace.replay(schedule)
     decoder = SpeculativeDecoder(tiny_target, trained, PROMPT, max_new_tokens=NEW, stop_token_ids=[])
     decoder.prefill()
-    for block, committed in replayed:
-        assert decoder.step(block) == committed
+    for cycle in replayed:
+        assert decoder.step(cycle.block) == cycle.committed
     assert decoder.done and decoder.new_token_ids == trace.tokens
+
+
+def test_verify_count_replay_equals_live_decoding(tiny_target, trained, trace):
+    """Verifying the first k tokens of a drafted block accepts min(accepted, k - 1): the trace needs nothing more."""
+    actions = [(8, 2), (8, 8), (4, 1), (8, 4), (2, 2), (4, 2)]
+    replayed = trace.replay(lambda state: actions[len(state.history) % len(actions)])
+    assert any(c.committed == c.verify for c in replayed) and any(c.committed < c.verify for c in replayed)
+    decoder = SpeculativeDecoder(tiny_target, trained, PROMPT, max_new_tokens=NEW, stop_token_ids=[])
+    decoder.prefill()
+    for cycle in replayed:
+        assert decoder.step(cycle.block, cycle.verify) == cycle.committed
+    assert decoder.new_token_ids == trace.tokens and decoder.stats.verify_counts[: len(actions)] == [k for _, k in actions]
+
+
+def test_a_drafted_first_schedule_sees_the_draft_live_decoding_makes(tiny_target, trained, trace):
+    """`draft_block`: the schedule sees this cycle's draft confidences before choosing what to verify,
+    the same the engine's first half-cycle (`draft`) returns."""
+    def schedule(state):  # verify the leading drafts the drafter is sure of
+        return 8, 1 + next((j for j, p in enumerate(state.draft) if p < 0.5), len(state.draft))
+
+    seen = []
+    replayed = trace.replay(lambda state: seen.append(state.draft) or schedule(state), draft_block=8)
+    decoder = SpeculativeDecoder(tiny_target, trained, PROMPT, max_new_tokens=NEW, stop_token_ids=[])
+    decoder.prefill()
+    for cycle, draft in zip(replayed, seen):
+        drafted = decoder.draft(8)
+        np.testing.assert_allclose(drafted.confidence, draft[: len(drafted.confidence)], atol=2e-3)
+        assert decoder.verify(drafted, cycle.verify) == cycle.committed
+    assert decoder.done and decoder.new_token_ids == trace.tokens
+    with pytest.raises(ValueError, match="draft was made at block 8"):
+        trace.replay(lambda state: 4, draft_block=8)
+
+
+def test_a_verify_count_above_the_block_is_rejected(trace):
+    with pytest.raises(ValueError, match=r"verify count 5 must be in \[1, block size 4\]"):
+        trace.replay(lambda state: (4, 5))
 
 
 def test_confidence_is_a_probability_per_drafted_slot(trace):
