@@ -72,3 +72,16 @@ def test_roofline_model_is_labelled_and_memory_bound_for_small_blocks(setup, tin
     assert model.verify[8][64] >= model.verify[8][16] > 0 and model.draft[8] > 0
     with pytest.raises(ValueError, match="unknown accelerator 'tpu'; modelled: \\['a100', 'h100', 'h200'\\]"):
         roofline_profile(tiny_target, drafter, "overfit", "tpu")
+
+
+def test_interleaved_timing_times_every_pass_once_a_round_in_a_fresh_order():
+    from bp_rl.timing import measure_interleaved
+
+    calls: list[str] = []
+    timings = measure_interleaved({key: (lambda key=key: calls.append(key)) for key in "abcd"}, warmup=1, repeats=5, seed=3)
+    assert calls[:4] == list("abcd")  # the warm-up
+    rounds = [calls[4 + 4 * r : 8 + 4 * r] for r in range(5)]
+    assert all(sorted(r) == list("abcd") for r in rounds) and len({tuple(r) for r in rounds}) > 1
+    assert all(len(t.samples) == 5 and t.median >= 0 for t in timings.values())
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        measure_interleaved({"a": lambda: None}, repeats=0)
