@@ -35,7 +35,7 @@ from bp_rl.prompts import SPLITS
 from bp_rl.schedules import action_set
 from bp_rl.traces import Cycle, CycleState
 from envs.backends import CycleBackend, CycleRequest, LiveBackend, TraceBackend
-from envs.block_size import DEFAULT_TRACES, observation_stats, simulated_rewards
+from envs.block_size import DEFAULT_TRACES, check_action, choose_prompt, observation_stats, simulated_rewards
 
 
 class BlockScheduleEnv(gym.Env):
@@ -68,12 +68,7 @@ class BlockScheduleEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Draw a prompt (or take `options["prompt_index"]`), prefill it and observe it."""
         super().reset(seed=seed)
-        index = (options or {}).get("prompt_index")
-        if index is None:
-            index = int(self.np_random.integers(self.num_prompts))
-        elif not 0 <= index < self.num_prompts:
-            raise ValueError(f"prompt_index must be in [0, {self.num_prompts}), got {index!r}")
-        self.prompt_index = index
+        index = self.prompt_index = choose_prompt(self.np_random, self.num_prompts, options)
         prefill, self._request = self.backend.begin(index, self.np_random)
         if self.obs_stats is not None:
             mean, std = self.obs_stats
@@ -87,11 +82,7 @@ class BlockScheduleEnv(gym.Env):
     def step(self, action):
         if self._request is None:
             raise RuntimeError("step() before reset(), or after the request ended: call reset()")
-        if not self.action_space.contains(action):
-            raise ValueError(
-                f"action {action!r} is outside the action space Discrete({self.action_space.n}): valid actions are "
-                f"0..{self.action_space.n - 1} for (block, verify) {self.actions}"
-            )
+        check_action(self.action_space, action, f"(block, verify) {self.actions}")
         block, verify = self.actions[int(action)]
         request = self._request
         reward, committed, seconds = 0.0, 0, 0.0

@@ -65,23 +65,14 @@ class BlockSizeEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Draw a prompt (or take `options["prompt_index"]`, to walk a split in order) and observe it."""
         super().reset(seed=seed)
-        index = (options or {}).get("prompt_index")
-        if index is None:
-            index = int(self.np_random.integers(self.num_prompts))
-        elif not 0 <= index < self.num_prompts:
-            raise ValueError(f"prompt_index must be in [0, {self.num_prompts}), got {index!r}")
-        self._prompt = index
+        index = self._prompt = choose_prompt(self.np_random, self.num_prompts, options)
         observation = self.backend.observe(index, self.np_random)
         return self.normalise(observation), {"prompt_id": self.backend.prompt_ids[index]}
 
     def step(self, action):
         if self._prompt is None:
             raise RuntimeError("step() before reset(): each episode is one decision, call reset() first")
-        if not self.action_space.contains(action):
-            raise ValueError(
-                f"action {action!r} is outside the action space Discrete({self.action_space.n}): "
-                f"valid actions are 0..{self.action_space.n - 1} for block sizes {list(self.block_sizes)}"
-            )
+        check_action(self.action_space, action, f"block sizes {list(self.block_sizes)}")
         i, k = self._prompt, int(action)
         self._prompt = None
         out = self.backend.outcome(i, k, self.np_random)
@@ -109,6 +100,22 @@ class BlockSizeEnv(gym.Env):
             mean, std = self.obs_stats
             observation = (observation - mean) / std
         return np.array(observation, dtype=np.float32)  # a fresh copy: callers may keep it
+
+
+def check_action(space: gym.spaces.Discrete, action, meaning: str) -> None:
+    """A clear error for an action outside `space`, saying what the valid ones stand for."""
+    if not space.contains(action):
+        raise ValueError(f"action {action!r} is outside the action space Discrete({space.n}): valid actions are 0..{space.n - 1} for {meaning}")
+
+
+def choose_prompt(rng: np.random.Generator, num_prompts: int, options: dict[str, Any] | None) -> int:
+    """The episode's prompt: `options["prompt_index"]` (to walk a split in order), else one drawn with `rng`."""
+    index = (options or {}).get("prompt_index")
+    if index is None:
+        return int(rng.integers(num_prompts))
+    if not 0 <= index < num_prompts:
+        raise ValueError(f"prompt_index must be in [0, {num_prompts}), got {index!r}")
+    return index
 
 
 def _best_lookup(view: TableView, reward: str) -> dict[str, tuple[int, float]]:
