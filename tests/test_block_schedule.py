@@ -130,3 +130,22 @@ def test_the_live_schedule_env_decodes_what_speculative_generate_decodes(smollm2
         _, info = run_episode(env, lambda obs, info: k, 0)
         expected = speculative_generate(smollm2, env.backend.drafter, prompt, block, max_new_tokens=12)
         assert info["token_ids"] == expected.token_ids and info["tokens_per_second"] > 0 and info["speedup"] > 0
+
+
+def test_compare_schedules_reports_every_policy_and_the_replay_check(tiny_traces_path, tiny_profile_path, tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from compare_schedules import main
+
+    out = tmp_path / "report.md"
+    main(["--traces", str(tiny_traces_path), "--profiles", str(tiny_profile_path), "--budget", "40", "--cycle-budget", "300", "--out", str(out)])
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1] for line in out.read_text().splitlines() if line.startswith("| ") and " | " in line}
+    for name in ("per-request grid", "per-request ppo", "per-cycle linucb (block_verify)", "per-cycle ppo (block)", "per-cycle optimum: block (bound)"):
+        assert name in rows
+    replay = next(name for name in rows if name.endswith("(replay check)"))
+    assert rows[replay] == rows["per-request grid"]  # a fixed block scores the same through both envs
+    tps = {name: float(value.replace(",", "")) for name, value in rows.items() if value[:1].isdigit()}
+    assert tps["per-cycle optimum: block_verify (bound)"] >= tps["per-request best (bound)"] - 1e-6 >= tps["per-request grid"] - 1e-6
+    assert "SIMULATED" in out.read_text()
