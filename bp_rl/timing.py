@@ -87,21 +87,12 @@ class Timing:
 
 def measure(fn: Callable[[], object], device: torch.device | str = "cpu", warmup: int = 1, repeats: int = 5) -> Timing:
     """Run `fn` `warmup` times untimed, then `repeats` times timed; return all timed samples."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        with Stopwatch(device) as sw:
-            fn()
-        samples.append(sw.seconds)
-    return Timing(samples)
+    return measure_interleaved({None: fn}, device, warmup, repeats)[None]
 
 
 def measure_interleaved(fns: dict, device: torch.device | str = "cpu", warmup: int = 1, repeats: int = 5, seed: int = 0) -> dict:
-    """`measure` for many callables at once, in rounds: each round times every callable once, in a
-    fresh random order, so a slow spell of the machine (CPU speed drifts by a fifth within minutes)
+    """Time several callables in rounds (`warmup` untimed calls each first): each round times every
+    callable once, in a fresh random order, so a slow spell of the machine (CPU speed drifts by a fifth within minutes)
     slows every callable alike instead of whichever ran then. Returns a `Timing` per key."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")

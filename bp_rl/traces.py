@@ -58,6 +58,12 @@ class CycleState:
     history: list[Cycle] = field(default_factory=list)
     draft: tuple[float, ...] | None = None  # drafted-first schedules: this cycle's draft confidences, already made
 
+    def record(self, cycle: Cycle) -> None:
+        """Account for a finished cycle."""
+        self.history.append(cycle)
+        self.committed += cycle.committed
+        self.budget -= cycle.committed
+
 
 @dataclass
 class AcceptanceTrace:
@@ -110,10 +116,7 @@ class AcceptanceTrace:
             block, verify = as_action(schedule(state))
             if draft_block is not None and block != draft_block:
                 raise ValueError(f"the draft was made at block {draft_block}: a drafted-first schedule chose block {block}")
-            n = self.committed(anchor, block, verify)
-            state.history.append(Cycle(block, verify, n, tuple(self.confidence[block][anchor])))
-            state.committed += n
-            state.budget -= n
+            state.record(Cycle(block, verify, self.committed(anchor, block, verify), tuple(self.confidence[block][anchor])))
         return state.history
 
     def acceptance_lengths(self, block_size: int) -> list[int]:

@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from bp_rl.features import DEFAULT_FEATURE_SET
-from bp_rl.decoding import SpeculativeDecoder
+from bp_rl.decoding import DecodeStats, SpeculativeDecoder
 from bp_rl.measurement import AUTOREGRESSIVE, DecodeSettings, finish_request, measure, start_request
 from bp_rl.profiles import DeviceProfile, simulate
 from bp_rl.prompts import DEFAULT_SUITE, load_prompts, render_prompt
@@ -214,8 +214,7 @@ class LiveBackend:
         self.block_sizes = tuple(block_sizes)
         self._token_ids = [target.encode(render_prompt(p, target.tokenizer)) for p in prompts]
         self.max_new_tokens = settings.max_new_tokens
-        self._ar: dict[int, float] = {}
-        self._ar_decode: dict[int, tuple[float, int]] = {}  # (decode seconds, new tokens) of the AR decode
+        self._ar: dict[int, DecodeStats] = {}  # each prompt's autoregressive decode, measured once
         self._decoder = None
         self.observation_dim = len(self.observe(0, np.random.default_rng(0)))
         self._decoder = None
@@ -227,13 +226,17 @@ class LiveBackend:
         )
         return observations[self.feature_set]
 
+    def _baseline(self, i: int, rng: np.random.Generator) -> DecodeStats:
+        """Prompt i's autoregressive decode, measured on first use (for the speedup and the cycle reward)."""
+        seed = int(rng.integers(2**31))  # drawn every time, so the RNG stream does not depend on the cache
+        if i not in self._ar:
+            self._ar[i] = measure(self.target, None, self._token_ids[i], AUTOREGRESSIVE, self.settings, seed=seed).stats
+        return self._ar[i]
+
     def begin(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, LiveRequest]:
-        seed = int(rng.integers(2**31))
-        if i not in self._ar_decode:  # measured before the prefill, so the request in flight is undisturbed
-            baseline = measure(self.target, None, self._token_ids[i], AUTOREGRESSIVE, self.settings, seed=seed).stats
-            self._ar_decode[i] = (baseline.decode_seconds, baseline.new_tokens)
+        baseline = self._baseline(i, rng)  # before the prefill, so the request in flight is undisturbed
         observation = self.observe(i, rng)
-        request = LiveRequest(self._decoder, *self._ar_decode[i])
+        request = LiveRequest(self._decoder, baseline.decode_seconds, baseline.new_tokens)
         self._decoder = None
         return observation, request
 
@@ -242,10 +245,7 @@ class LiveBackend:
             raise RuntimeError("outcome() before observe(): call reset() first")
         stats = finish_request(self._decoder, self.block_sizes[k])
         self._decoder = None
-        seed = int(rng.integers(2**31))  # drawn every step, so the RNG stream does not depend on the cache
-        if i not in self._ar:
-            baseline = measure(self.target, None, self._token_ids[i], AUTOREGRESSIVE, self.settings, seed=seed)
-            self._ar[i] = baseline.stats.tokens_per_second
         return Outcome(
-            stats.tokens_per_second, stats.mean_acceptance, stats.new_tokens, stats.cycles, stats.decode_seconds, self._ar[i]
+            stats.tokens_per_second, stats.mean_acceptance, stats.new_tokens, stats.cycles, stats.decode_seconds,
+            self._baseline(i, rng).tokens_per_second,
         )

@@ -35,7 +35,7 @@ from bp_rl.prompts import SPLITS
 from bp_rl.schedules import action_set
 from bp_rl.traces import Cycle, CycleState
 from envs.backends import CycleBackend, CycleRequest, LiveBackend, TraceBackend
-from envs.block_size import DEFAULT_TRACES, check_action, choose_prompt, observation_stats, simulated_rewards
+from envs.block_size import DEFAULT_TRACES, check_action, choose_prompt, observation_stats, simulated_rewards, standardise
 
 
 class BlockScheduleEnv(gym.Env):
@@ -70,12 +70,9 @@ class BlockScheduleEnv(gym.Env):
         super().reset(seed=seed)
         index = self.prompt_index = choose_prompt(self.np_random, self.num_prompts, options)
         prefill, self._request = self.backend.begin(index, self.np_random)
-        if self.obs_stats is not None:
-            mean, std = self.obs_stats
-            prefill = (prefill - mean) / std
-        self._prefill = np.asarray(prefill, dtype=np.float32)
+        self._prefill = standardise(prefill, self.obs_stats)
         self.state = CycleState(committed=1, budget=self.backend.max_new_tokens - 1)
-        self._seconds, self._draft = 0.0, ()
+        self._seconds = 0.0
         self._draft_if_first()
         return self._observe(), {"prompt_id": self.backend.prompt_ids[index], "cycle_state": self.state}
 
@@ -87,12 +84,10 @@ class BlockScheduleEnv(gym.Env):
         request = self._request
         reward, committed, seconds = 0.0, 0, 0.0
         if not request.done:  # done already: a request whose prefill token ended it has no cycle to run
-            confidence = self._draft if self.drafts_first else request.draft(block)
+            confidence = self.state.draft if self.drafts_first else request.draft(block)
             committed, seconds = request.verify(verify)
             self._seconds += seconds
-            self.state.history.append(Cycle(block, verify, committed, tuple(confidence)))
-            self.state.committed += committed
-            self.state.budget -= committed
+            self.state.record(Cycle(block, verify, committed, tuple(confidence)))
             # the autoregressive decode's seconds per token its cycles commit (the prefill commits the first);
             # floored: above T=0 a live AR decode may have ended at its first token
             ar_seconds = max(request.ar_decode_seconds, 1e-9)
@@ -111,15 +106,14 @@ class BlockScheduleEnv(gym.Env):
     def _draft_if_first(self) -> None:
         """Under the `verify` action set, the cycle's draft comes before the decision."""
         if self.drafts_first and self._request is not None and not self._request.done:
-            self._draft = self._request.draft(self.largest)
-            self.state.draft = self._draft
+            self.state.draft = self._request.draft(self.largest)
 
     def _observe(self) -> np.ndarray:
         state = np.zeros(self.state_dim, np.float32)
         state[0] = self.state.committed / self.backend.max_new_tokens
         for slot, cycle in enumerate(reversed(self.state.history[-self.history_length :])):
             state[1 + 3 * slot : 4 + 3 * slot] = np.array([cycle.block, cycle.verify, cycle.committed]) / self.largest
-        newest = self._draft if self.drafts_first else (self.state.history[-1].confidence if self.state.history else ())
+        newest = (self.state.draft or ()) if self.drafts_first else (self.state.history[-1].confidence if self.state.history else ())
         start = 1 + 3 * self.history_length
         state[start : start + len(newest)] = newest
         state[-1] = np.cumprod(newest).sum() / (self.largest - 1) if len(newest) else 0.0

@@ -96,10 +96,15 @@ class BlockSizeEnv(gym.Env):
 
     def normalise(self, observation: np.ndarray) -> np.ndarray:
         """The observation as this environment returns it (standardised when `obs_stats` is set)."""
-        if self.obs_stats is not None:
-            mean, std = self.obs_stats
-            observation = (observation - mean) / std
-        return np.array(observation, dtype=np.float32)  # a fresh copy: callers may keep it
+        return standardise(observation, self.obs_stats)
+
+
+def standardise(observation: np.ndarray, obs_stats: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """`observation` standardised with (mean, std) `obs_stats` (None: as is), as a fresh float32 copy: callers may keep it."""
+    if obs_stats is not None:
+        mean, std = obs_stats
+        observation = (observation - mean) / std
+    return np.array(observation, dtype=np.float32)
 
 
 def check_action(space: gym.spaces.Discrete, action, meaning: str) -> None:
