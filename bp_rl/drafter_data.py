@@ -9,9 +9,13 @@ many prompts, never raw text labels. The pipeline:
    equal to a held-out prompt;
 2. `regenerate`: batched target decoding (greedy or sampled) that keeps, from the same passes, the
    target's hidden states at the drafter's layers and its top-k logits at every position: the
-   drafter's inputs and its soft labels, with no second teacher-forced pass;
+   drafter's inputs and its soft labels, with no second teacher-forced pass. A prompt whose
+   continuation is already known (`read_continuations`: the small, portable record of an earlier
+   run) is not decoded again: one teacher-forced pass rebuilds its features and soft labels;
 3. shards on disk (`write_shard`), one `.json` meta per shard written last, so an interrupted run
-   resumes after the last complete shard and never holds a half-written one;
+   resumes after the last complete shard and never holds a half-written one; `write_continuations`
+   keeps just the target-written tokens of every shard (a few MB, against GBs of features), so the
+   slow part, decoding, is never redone on a new machine;
 4. `SequencePool`: every shard of a set, memory-mapped, for training and evaluation;
 5. `token_frequencies`: counts of the target's output tokens, from which a reduced draft vocabulary
    is cut.
@@ -20,6 +24,8 @@ many prompts, never raw text labels. The pipeline:
 from __future__ import annotations
 
 import ast
+import gzip
+import hashlib
 import json
 import os
 import random
@@ -244,6 +250,41 @@ def _batched_decode(
     return results
 
 
+@torch.inference_mode()
+def _teacher_forced(
+    target: Target, prompts: list[list[int]], continuations: list[list[int]], layer_ids: tuple[int, ...] | list[int], top_k: int
+) -> list[DecodedSequence]:
+    """What `_batched_decode` keeps for sequences whose continuation is known, from one right-padded
+    forward pass: the same features and top-k logits (up to float rounding) at a fraction of the cost.
+    Logits are kept only from the shortest prompt's last token on (where top-k rows are needed)."""
+    sequences = [list(p) + list(c) for p, c in zip(prompts, continuations)]
+    batch, width = len(sequences), max(map(len, sequences))
+    ids = torch.zeros(batch, width, dtype=torch.long, device=target.device)
+    mask = torch.zeros_like(ids)
+    for i, seq in enumerate(sequences):
+        ids[i, : len(seq)] = torch.tensor(seq, device=target.device)
+        mask[i, : len(seq)] = 1
+    first_logit = min(map(len, prompts)) - 1
+    out = target.model(input_ids=ids, attention_mask=mask, output_hidden_states=bool(layer_ids), logits_to_keep=width - first_logit)
+    feats = layer_states(out.hidden_states, layer_ids).half().cpu() if layer_ids else None
+    stops = set(target.eos_token_ids)
+    results = []
+    for i, (prompt, seq) in enumerate(zip(prompts, sequences)):
+        length = len(seq)
+        f = np.zeros((length, feats.shape[-1] if feats is not None else 0), dtype=np.float16)
+        if feats is not None:
+            f[: length - 1] = feats[i, : length - 1].numpy()
+        k_ids = np.zeros((length, top_k), dtype=np.int32)
+        k_logits = np.zeros((length, top_k), dtype=np.float16)
+        if top_k:
+            rows = slice(len(prompt) - 1, length - 1)
+            best = out.logits[i, rows.start - first_logit : rows.stop - first_logit].float().topk(top_k, dim=-1)
+            k_ids[rows] = best.indices.int().cpu().numpy()
+            k_logits[rows] = best.values.half().cpu().numpy()
+        results.append(DecodedSequence(seq, len(prompt), f, k_ids, k_logits, finished=len(seq) > len(prompt) and seq[-1] in stops))
+    return results
+
+
 def length_batches(prompts: list[RegenPrompt], batch_size: int, batch_tokens: int) -> list[list[RegenPrompt]]:
     """Batches of one temperature and similar length (sorted), each at most `batch_size` prompts and
     `batch_tokens` padded prompt tokens: a long prompt does not pad a whole large batch."""
@@ -271,9 +312,13 @@ def regenerate(
     shard_sequences: int = 256,
     seed: int = 0,
     max_minutes: float | None = None,
+    known: dict[str, list[int]] | None = None,
 ) -> None:
     """Regenerate `prompts` (each at its own temperature) into shards `out_dir/name-*`, in order;
-    resumes after the last complete shard (a prompt is done once its id is in a shard's meta)."""
+    resumes after the last complete shard (a prompt is done once its id is in a shard's meta).
+    `known` (prompt id -> continuation, from `read_continuations`) are rebuilt by teacher forcing,
+    not decoded again."""
+    known = known or {}
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = complete_shards(out_dir, name)
     done = {i for meta in shards for i in meta["ids"]}
@@ -287,7 +332,12 @@ def regenerate(
                 tqdm.write(f"regenerate {name}: stopped by max_minutes; re-run to resume")
                 return
             order, sequences = [], []
-            for batch in length_batches(todo[start : start + shard_sequences], batch_size, batch_tokens):
+            chunk = todo[start : start + shard_sequences]
+            for batch in length_batches([p for p in chunk if p.id in known], batch_size, batch_tokens):
+                sequences += _teacher_forced(target, [p.token_ids for p in batch], [known[p.id] for p in batch], layer_ids, top_k)
+                order += batch
+                bar.update(len(batch))
+            for batch in length_batches([p for p in chunk if p.id not in known], batch_size, batch_tokens):
                 sequences += _batched_decode(target, [p.token_ids for p in batch], max_new_tokens, batch[0].temperature, generator, layer_ids, top_k)
                 order += batch
                 bar.update(len(batch))
@@ -322,6 +372,46 @@ def write_shard(stem: Path, prompts: list[RegenPrompt], sequences: list[DecodedS
 
 def complete_shards(shard_dir: Path, name: str) -> list[dict]:
     return [json.loads(m.read_text()) | {"stem": m.stem} for m in sorted(shard_dir.glob(f"{name}-*.json"))]
+
+
+def prompt_digest(token_ids: list[int]) -> str:
+    """A short fingerprint of a prompt's token ids: a stored continuation is reused only for the very
+    prompt (same text, same tokenizer) it continued."""
+    return hashlib.sha1(",".join(map(str, token_ids)).encode()).hexdigest()[:12]
+
+
+def write_continuations(path: Path, shard_dir: Path, names: list[str]) -> int:
+    """Every complete shard's target-written tokens as gzipped JSONL (id, temperature, prompt digest,
+    new tokens), atomically; returns how many. This is what a run keeps of its regeneration."""
+    rows = []
+    for meta in (meta for name in names for meta in complete_shards(shard_dir, name)):
+        tokens = np.load(shard_dir / f"{meta['stem']}.tokens.npy")
+        offsets = meta["offsets"]
+        for j, (pid, temperature, loss_start) in enumerate(zip(meta["ids"], meta["temperatures"], meta["loss_starts"])):
+            seq = tokens[offsets[j] : offsets[j + 1]].tolist()
+            rows.append({"id": pid, "temperature": temperature, "prompt": prompt_digest(seq[:loss_start]), "new_tokens": seq[loss_start:]})
+    tmp = path.with_name(path.name + ".tmp")
+    with gzip.open(tmp, "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    tmp.replace(path)
+    return len(rows)
+
+
+def read_continuations(path: Path, prompts: list[RegenPrompt]) -> dict[str, list[int]]:
+    """The stored continuations of `prompts` (prompt id -> new tokens); a row whose prompt tokens or
+    temperature differ from the manifest's (another tokenizer, another manifest) is an error."""
+    by_id = {p.id: p for p in prompts}
+    known = {}
+    with gzip.open(path, "rt") as f:
+        for line in f:
+            row = json.loads(line)
+            p = by_id.get(row["id"])
+            if p is None:
+                continue
+            if row["prompt"] != prompt_digest(p.token_ids) or row["temperature"] != p.temperature:
+                raise ValueError(f"{path}: the continuation of {row['id']!r} was made for another prompt or temperature than the manifest's")
+            known[row["id"]] = row["new_tokens"]
+    return known
 
 
 @dataclass

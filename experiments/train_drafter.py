@@ -38,8 +38,8 @@ from bp_rl import BlockDrafter, Target, load_drafter, load_target, speculative_g
 from bp_rl.block_drafter import spread_layer_ids
 from bp_rl.drafter_training import DraftVocabulary, block_loss, estimated_acceptance, sample_blocks
 from bp_rl.drafter_data import (
-    RegenPrompt, SequencePool, complete_shards, deduplicate, draft_vocabulary, offline_code_prompts, offline_prose_prompts, read_prompt_list,
-    regenerate, self_written_user_turns, write_prompt_list,
+    RegenPrompt, SequencePool, complete_shards, deduplicate, draft_vocabulary, offline_code_prompts, offline_prose_prompts, read_continuations,
+    read_prompt_list, regenerate, self_written_user_turns, write_continuations, write_prompt_list,
 )
 from bp_rl.prompts import chat_prompt, load_prompts, render_prompt
 from bp_rl.timing import device_name
@@ -149,19 +149,28 @@ def feature_layer_ids(cfg: DictConfig, target: Target) -> list[int]:
 
 
 def build_regenerations(cfg: DictConfig, target: Target, work: Path) -> None:
-    """The target's continuations of every manifest prompt, with its states and top-k logits (sharded)."""
+    """The target's continuations of every manifest prompt, with its states and top-k logits (sharded).
+
+    Continuations stored by an earlier run (`data.continuations`) are rebuilt by one teacher-forced
+    pass instead of decoded; what this run holds is written back to `work/continuations.jsonl.gz`,
+    the file to keep (ship it as `data.continuations`) so no machine decodes a prompt twice."""
     if not (work / "prompts-train.jsonl").exists():
         raise FileNotFoundError(f"no prompt manifest under {work}: run stage=prompts first")
+    val, train = (read_prompt_list(work / f"prompts-{split}.jsonl") for split in ("val", "train"))
+    stored = Path(hydra.utils.to_absolute_path(cfg.data.continuations)) if cfg.data.continuations else None
+    known = read_continuations(stored, val + train) if stored and stored.exists() else {}
+    print(f"stored continuations: {len(known):,} of {len(val) + len(train):,} prompts" + (f" ({stored})" if known else ""))
     options = dict(
         max_new_tokens=cfg.data.gen_max_new_tokens, layer_ids=feature_layer_ids(cfg, target), top_k=cfg.data.top_k,
         batch_size=cfg.data.gen_batch_size, batch_tokens=cfg.data.gen_batch_tokens, shard_sequences=cfg.data.shard_sequences,
-        seed=cfg.train.seed,
+        seed=cfg.train.seed, known=known,
     )
     shard_dir = work / "shards"
-    regenerate(target, read_prompt_list(work / "prompts-val.jsonl"), shard_dir, "val", **options)
-    train = read_prompt_list(work / "prompts-train.jsonl")
+    regenerate(target, val, shard_dir, "val", **options)
     first = cfg.data.first_prompt % len(train)  # go on with the rows an earlier drafter never saw
     regenerate(target, train[first:] + train[:first], shard_dir, "train", max_minutes=cfg.data.max_minutes, **options)
+    kept = write_continuations(work / "continuations.jsonl.gz", shard_dir, ["train", "val"])
+    print(f"wrote {kept:,} continuations to {work / 'continuations.jsonl.gz'}")
     for name in ("train", "val"):
         pool = SequencePool(shard_dir, name, options["layer_ids"])
         print(f"{name}: {len(pool)} sequences, {pool.tokens:,} tokens, {pool.new_tokens:,} written by the target")

@@ -11,7 +11,8 @@ import torch
 
 from bp_rl import autoregressive_generate
 from bp_rl.drafter_data import (
-    RegenPrompt, SequencePool, complete_shards, deduplicate, draft_vocabulary, python_functions, regenerate,
+    RegenPrompt, SequencePool, complete_shards, deduplicate, draft_vocabulary, python_functions, read_continuations, regenerate,
+    write_continuations,
 )
 
 PROMPTS = [[5, 6, 7], [9, 3, 4, 8, 10, 12], [20, 21]]
@@ -61,6 +62,30 @@ def test_sampled_regenerations_follow_their_seed(tiny_target, tmp_path):
     tokens = [np.load(tmp_path / run / "train-00000.tokens.npy") for run in ("a", "b")]
     assert (tokens[0] == tokens[1]).all()
     assert json.loads((tmp_path / "a" / "train-00000.json").read_text())["temperatures"] == [1.0, 1.0, 1.0]
+
+
+def test_stored_continuations_rebuild_the_decoded_shards_by_teacher_forcing(tiny_target, tmp_path):
+    prompts = regen_prompts()
+    options = dict(max_new_tokens=10, layer_ids=LAYERS, top_k=4, batch_size=3)
+    regenerate(tiny_target, prompts, tmp_path / "decoded", "train", **options)
+    store = tmp_path / "continuations.jsonl.gz"
+    assert write_continuations(store, tmp_path / "decoded", ["train"]) == 3
+    known = read_continuations(store, prompts)
+    # the first prompt is left to decode: a store may cover only part of a manifest
+    regenerate(tiny_target, prompts, tmp_path / "rebuilt", "train", known={k: v for k, v in known.items() if k != "p0"}, **options)
+    decoded, rebuilt = (SequencePool(tmp_path / run, "train", LAYERS) for run in ("decoded", "rebuilt"))
+    by_tokens = {tuple(decoded.get(i).tokens.tolist()): decoded.get(i) for i in range(len(decoded))}
+    assert len(rebuilt) == 3
+    for i in range(len(rebuilt)):
+        mine = rebuilt.get(i)
+        theirs = by_tokens[tuple(mine.tokens.tolist())]  # same tokens: the stored continuation is the decode's
+        assert mine.loss_start == theirs.loss_start
+        torch.testing.assert_close(mine.features, theirs.features, rtol=2e-3, atol=2e-3)
+        assert (mine.topk_ids[mine.loss_start - 1 : -1] == theirs.topk_ids[theirs.loss_start - 1 : -1]).all()
+        torch.testing.assert_close(mine.topk_logits, theirs.topk_logits, rtol=2e-3, atol=2e-3)
+    other = [RegenPrompt("p1", "", [9, 3, 4], "test")]  # the same id, another prompt
+    with pytest.raises(ValueError, match="'p1' was made for another prompt or temperature"):
+        read_continuations(store, other)
 
 
 def test_deduplicate_drops_repeats_and_held_out_texts():

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from bp_rl import load_drafter, speculative_generate
@@ -18,12 +19,12 @@ TOY = [
     "data.gen_max_new_tokens=8", "data.gen_batch_size=4", "data.shard_sequences=4", "data.val_prompts=2", "data.top_k=4",
     "drafter.num_layers=1", "drafter.draft_vocab_size=256", "train.seqs_per_step=1", "train.blocks_per_seq=4",
     "train.eval_every=2", "train.decode_every=4", "train.eval_prompts=1", "train.eval_new_tokens=6", "train.checkpoint_every=1",
-    "device=cpu",
+    "device=cpu", "data.continuations=null",
 ]
 
 
-def run(tmp_path, *overrides):
-    cmd = [sys.executable, "experiments/train_drafter.py", f"work_dir={tmp_path / 'work'}", f"export.path={tmp_path / 'export'}", *TOY, *overrides]
+def run(tmp_path, *overrides, work="work"):
+    cmd = [sys.executable, "experiments/train_drafter.py", f"work_dir={tmp_path / work}", f"export.path={tmp_path / 'export'}", *TOY, *overrides]
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
@@ -33,6 +34,16 @@ def log_steps(tmp_path):
 
 def shard_ids(tmp_path, name):
     return [i for meta in (tmp_path / "work" / "shards").glob(f"{name}-*.json") for i in json.loads(meta.read_text())["ids"]]
+
+
+def shard_tokens(work):
+    """prompt id -> its regenerated token ids, over every shard of a work dir."""
+    found = {}
+    for meta_path in (work / "shards").glob("*.json"):
+        meta = json.loads(meta_path.read_text())
+        tokens = np.load(meta_path.with_suffix(".tokens.npy")).tolist()
+        found |= {i: tokens[meta["offsets"][j] : meta["offsets"][j + 1]] for j, i in enumerate(meta["ids"])}
+    return found
 
 
 def test_stages_resume_and_export(tmp_path, smollm2):
@@ -56,6 +67,15 @@ def test_stages_resume_and_export(tmp_path, smollm2):
     assert "resumed from" in again.stdout and log_steps(tmp_path) == [1, 2, 3, 4]
     ids = shard_ids(tmp_path, "train")
     assert len(ids) == len(set(ids)) == len(manifest)
+
+    # what a new machine does with the kept continuations: rebuild every shard without decoding
+    (tmp_path / "work2").mkdir()
+    for name in ("prompts-train.jsonl", "prompts-val.jsonl"):
+        (tmp_path / "work2" / name).write_text((tmp_path / "work" / name).read_text())
+    rebuilt = run(tmp_path, "stage=regenerate", f"data.continuations={tmp_path / 'work' / 'continuations.jsonl.gz'}", work="work2")
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    assert f"stored continuations: {len(manifest) + 2} of {len(manifest) + 2} prompts" in rebuilt.stdout
+    assert shard_tokens(tmp_path / "work2") == shard_tokens(tmp_path / "work")
 
     exported = run(tmp_path, "stage=export")
     assert exported.returncode == 0, exported.stderr[-3000:]
