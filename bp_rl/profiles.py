@@ -6,7 +6,9 @@ what each pass costs (a profile, one per machine). A measured profile times, wit
 the machine's drift hits all alike): a target forward over n tokens at context length c, a
 drafter proposal at block size b, the prefill of a prompt of length L, and, per block size, the
 overhead of the decoding loop around them: what a real decode takes per cycle beyond those
-isolated passes. Model profiles (`flat_profile`, `roofline_profile`) are labelled
+isolated passes. For load, it also times one target forward over B concurrent requests x n tokens
+each (`batched`): `at_concurrency(B)` is the profile of a request served in a batch of B, every
+pass scaled by what batching B requests costs over one. Model profiles (`flat_profile`, `roofline_profile`) are labelled
 `kind="model"`: arithmetic, not measurements.
 """
 
@@ -18,7 +20,7 @@ import os
 import platform
 import random
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -41,11 +43,13 @@ PROFILE_KINDS = ("measured", "model")
 
 
 def verify_forward(target: Target, context_ids: torch.Tensor, block_size: int) -> Callable[[], None]:
-    """One target forward over `block_size` new tokens after `context_ids` (KV cached), repeatable."""
+    """One target forward over `block_size` new tokens after `context_ids` (KV cached), repeatable.
+    `context_ids` of shape (B, length) time B requests verified together in one batched forward."""
+    batch = context_ids if context_ids.dim() == 2 else context_ids[None]
     cache = DynamicCache()
     with torch.inference_mode():
-        target.model(input_ids=context_ids[None], past_key_values=cache, use_cache=True, logits_to_keep=1)
-    block = context_ids[-block_size:][None]
+        target.model(input_ids=batch, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    block = batch[:, -block_size:]
 
     @torch.inference_mode()
     def forward():
@@ -124,6 +128,11 @@ class DeviceProfile:
     overhead: dict[int, float]  # block size -> seconds a real cycle takes beyond its isolated passes (may be < 0)
     versions: dict[str, str] = field(default_factory=dict)
     note: str = ""
+    # load: concurrency B -> n tokens -> seconds of one target forward over B requests x n tokens each
+    # (at context `batched_context`); empty: only one request at a time is profiled
+    batched: dict[int, dict[int, float]] = field(default_factory=dict)
+    batched_context: int = 0
+    concurrency: int = 1  # the batch size this profile's costs are those of (`at_concurrency`)
 
     def __post_init__(self) -> None:
         if self.kind not in PROFILE_KINDS:
@@ -135,10 +144,40 @@ class DeviceProfile:
         if isinstance(self.overhead, (int, float)):  # one figure for every block size
             self.overhead = {b: float(self.overhead) for b in self.verify}
         self.overhead = {int(b): float(t) for b, t in self.overhead.items()}
+        self.batched = {int(c): {int(n): float(t) for n, t in by_n.items()} for c, by_n in self.batched.items()}
 
     @property
     def block_sizes(self) -> tuple[int, ...]:
         return tuple(sorted(self.verify))
+
+    @property
+    def concurrencies(self) -> tuple[int, ...]:
+        """The loads this profile covers (1: one request at a time)."""
+        return tuple(sorted(set(self.batched) | {1}))
+
+    def at_concurrency(self, concurrency: int) -> "DeviceProfile":
+        """The costs one request sees when served in a batch of `concurrency`: every target pass over
+        n tokens takes batched[B][n] / batched[1][n] times as long (the whole batch's forward), and so
+        does a drafter pass at block n (modelled: the drafter's batch is timed as the target's); the
+        prefill (one request's) and the loop overhead are unchanged. Simulated, and said so in `note`."""
+        if concurrency == self.concurrency:
+            return self
+        if self.concurrency != 1:
+            raise ValueError(f"profile {self.name!r} is already at concurrency {self.concurrency}; rescale its base profile")
+        if concurrency not in self.concurrencies:
+            raise ValueError(f"profile {self.name!r} has no batched costs for concurrency {concurrency}; covered: {list(self.concurrencies)}")
+        missing = [n for n in self.block_sizes if n not in self.batched[concurrency] or n not in self.batched[1]]
+        if missing:
+            raise ValueError(f"profile {self.name!r} has no batched cost at concurrency {concurrency} for {missing} tokens")
+        factor = {n: self.batched[concurrency][n] / self.batched[1][n] for n in self.block_sizes}
+        return replace(
+            self, name=f"{self.name}@c{concurrency}", concurrency=concurrency,
+            verify={n: {c: t * factor[n] for c, t in by_c.items()} for n, by_c in self.verify.items()},
+            draft={b: t * factor[b] for b, t in self.draft.items()},
+            note=(f"{self.note}; " if self.note else "") + f"SIMULATED load: one request of a batch of {concurrency} "
+                 f"(passes scaled by batched forwards at context {self.batched_context}; the batch's other requests assumed "
+                 "to verify as many tokens)",
+        )
 
     def verify_seconds(self, n: int, context: int) -> float:
         if n not in self.verify:
@@ -231,11 +270,14 @@ def measure_profile(
     repeats: int = 10,
     decode_tokens: int = 24,
     seed: int = 0,
+    concurrencies: tuple[int, ...] = (1,),
 ) -> DeviceProfile:
     """Time every pass on this machine (nothing else heavy may run meanwhile).
 
     Every pass, and a real `decode_tokens`-token decode per block size, is timed once per round, the
     rounds interleaved (`measure_interleaved`), so the machine's drift cannot favour one block size.
+    With `concurrencies` beyond (1,), batched target forwards (B requests x n tokens, at the middle
+    context) are timed too, for `at_concurrency`.
     A block's loop overhead is what its real decode takes per cycle beyond the isolated passes its
     cycles made (negative where the isolated passes time slower than inside the loop)."""
     generator = torch.Generator().manual_seed(seed)
@@ -259,6 +301,10 @@ def measure_profile(
     passes.update({("draft", b): draft_pass(target, drafter, middle, b) for b in block_sizes if b > 1})
     passes.update({("prefill", n): prefill_pass(target, tokens(n)) for n in prompt_lengths})
     passes.update({("decode", b): real_decode(b) for b in block_sizes})
+    loads = sorted(set(concurrencies) | {1}) if tuple(concurrencies) != (1,) else []
+    middle_context = len(middle)
+    passes.update({("batched", c, n): verify_forward(target, torch.stack([tokens(middle_context + n) for _ in range(c)]), n)
+                   for c in loads for n in block_sizes})
     warmup = 2
     seconds = {key: timing.median for key, timing in measure_interleaved(passes, target.device, warmup, repeats, seed).items()}
     profile = DeviceProfile(
@@ -268,6 +314,7 @@ def measure_profile(
         draft={b: seconds["draft", b] for b in block_sizes if b > 1},
         prefill={n: seconds["prefill", n] for n in prompt_lengths},
         overhead={b: 0.0 for b in block_sizes}, versions=library_versions(),
+        batched={c: {n: seconds["batched", c, n] for n in block_sizes} for c in loads}, batched_context=middle_context if loads else 0,
     )
     for b, runs in decodes.items():  # greedy: every run of a block decodes the same cycles
         timed = runs[warmup:]
@@ -320,6 +367,7 @@ def roofline_profile(
     target: Target, drafter: Drafter, drafter_name: str, accelerator: str = "h200", bytes_per_value: int = 2,
     block_sizes: tuple[int, ...] = DEFAULT_BLOCK_SIZES, contexts: tuple[int, ...] = (64, 256, 512, 1024),
     prompt_lengths: tuple[int, ...] = (16, 64, 256, 512, 1024), launch_seconds: float = 0.0,
+    concurrencies: tuple[int, ...] = (1, 2, 4, 8, 16),
 ) -> DeviceProfile:
     """A model of `accelerator`, not a measurement: each pass takes max(bytes moved / bandwidth,
     FLOPs / peak) + `launch_seconds`, where a target pass over n tokens at context c moves its weights
@@ -338,9 +386,9 @@ def roofline_profile(
     def seconds(bytes_moved: float, flops: float) -> float:
         return max(bytes_moved / chip.memory_bandwidth, flops / chip.peak_flops) + launch_seconds
 
-    def target_pass(n: int, context: int) -> float:
+    def target_pass(n: int, context: int, batch: int = 1) -> float:
         attention = 4 * n * (context + n) * layers * heads * head_dim
-        return seconds(target_params * bytes_per_value + kv_bytes_per_token * (context + n), 2 * target_params * n + attention)
+        return seconds(target_params * bytes_per_value + batch * kv_bytes_per_token * (context + n), batch * (2 * target_params * n + attention))
 
     own = sum(p.numel() for p in drafter.parameters()) if isinstance(drafter, torch.nn.Module) else 0
     head = drafter.draft_head().numel() if hasattr(drafter, "draft_head") else 0
@@ -350,6 +398,8 @@ def roofline_profile(
         target=target.name, drafter=drafter_name, drafter_hash=drafter_fingerprint(drafter),
         verify={n: {c: target_pass(n, c) for c in contexts} for n in block_sizes}, draft=draft,
         prefill={n: target_pass(n, 0) for n in prompt_lengths}, overhead={b: 0.0 for b in block_sizes}, versions=library_versions(),
+        batched={c: {n: target_pass(n, contexts[len(contexts) // 2], c) for n in block_sizes} for c in sorted(set(concurrencies) | {1})},
+        batched_context=contexts[len(contexts) // 2],
         note=(f"model, not a measurement: roofline of {chip.name} ({chip.memory_bandwidth / 1e12:.2f} TB/s, "
               f"{chip.peak_flops / 1e12:.0f} TFLOP/s dense bf16), {bytes_per_value}-byte weights, {launch_seconds * 1e6:.0f} us launch cost per pass"),
     )

@@ -67,6 +67,7 @@ class CycleRequest(Protocol):
     ar_decode_seconds: float  # this request decoded autoregressively: the reward's yardstick
     ar_new_tokens: int
     token_ids: list[int]  # the new tokens committed so far
+    concurrency: int  # the batch it is served in (1: alone)
 
     def draft(self, block_size: int) -> tuple[float, ...]:
         """Make this cycle's draft; returns the drafter's top-1 probability per drafted slot."""
@@ -84,8 +85,12 @@ class CycleBackend(Protocol):
     observation_dim: int
     max_new_tokens: int
 
-    def begin(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, CycleRequest]:
-        """Start request i: its prefill observation and the request, ready for its first cycle."""
+    def begin(self, i: int, rng: np.random.Generator, concurrency: int | None = None) -> tuple[np.ndarray, CycleRequest]:
+        """Start request i, served in a batch of `concurrency` (None: the backend's own load): its
+        prefill observation and the request, ready for its first cycle."""
+
+    def check_concurrency(self, concurrency: int | None) -> None:
+        """A clear error if this backend cannot serve requests in batches of `concurrency`."""
 
 
 class TraceRequest:
@@ -93,6 +98,7 @@ class TraceRequest:
 
     def __init__(self, trace: AcceptanceTrace, profile: DeviceProfile):
         self.trace, self.profile = trace, profile
+        self.concurrency = profile.concurrency
         self.anchor, self.block = 0, None
         self.done = trace.anchors == 0
         self.prefill_seconds = profile.prefill_seconds(trace.prompt_tokens)
@@ -123,6 +129,7 @@ class LiveRequest:
         self.prefill_seconds = decoder.stats.prefill_seconds
         self.ar_decode_seconds, self.ar_new_tokens = ar_decode_seconds, ar_new_tokens
         self._draft_seconds = 0.0
+        self.concurrency = 1
 
     @property
     def done(self) -> bool:
@@ -178,12 +185,24 @@ class TraceBackend(TableBackend):
         super().__init__(rewards.view(feature_set, split), replay="median")
         self.rewards = rewards
         self.max_new_tokens = int(rewards.meta["settings"]["max_new_tokens"])
+        self._loaded: dict[int, DeviceProfile] = {}  # the profile scaled to each concurrency asked for
 
     def trace(self, i: int) -> AcceptanceTrace:
         return self.rewards.traces.trace(self.prompt_ids[i])
 
-    def begin(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, TraceRequest]:
-        return self.observe(i, rng), TraceRequest(self.trace(i), self.rewards.profile)
+    def profile_at(self, concurrency: int | None) -> DeviceProfile:
+        """The rewards' profile scaled to `concurrency` (None: as it is)."""
+        if concurrency is None:
+            return self.rewards.profile
+        if concurrency not in self._loaded:
+            self._loaded[concurrency] = self.rewards.profile.at_concurrency(concurrency)
+        return self._loaded[concurrency]
+
+    def check_concurrency(self, concurrency: int | None) -> None:
+        self.profile_at(concurrency)
+
+    def begin(self, i: int, rng: np.random.Generator, concurrency: int | None = None) -> tuple[np.ndarray, TraceRequest]:
+        return self.observe(i, rng), TraceRequest(self.trace(i), self.profile_at(concurrency))
 
 
 class LiveBackend:
@@ -233,7 +252,13 @@ class LiveBackend:
             self._ar[i] = measure(self.target, None, self._token_ids[i], AUTOREGRESSIVE, self.settings, seed=seed).stats
         return self._ar[i]
 
-    def begin(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, LiveRequest]:
+    def check_concurrency(self, concurrency: int | None) -> None:
+        if concurrency not in (None, 1):
+            raise ValueError(f"concurrency {concurrency}: live decoding serves one request at a time (valid: [1]); "
+                             "simulate load on traces (make_schedule_env(..., concurrency=...))")
+
+    def begin(self, i: int, rng: np.random.Generator, concurrency: int | None = None) -> tuple[np.ndarray, LiveRequest]:
+        self.check_concurrency(concurrency)
         baseline = self._baseline(i, rng)  # before the prefill, so the request in flight is undisturbed
         observation = self.observe(i, rng)
         request = LiveRequest(self._decoder, baseline.decode_seconds, baseline.new_tokens)

@@ -12,7 +12,13 @@ Observation: the request's prefill features, then the decode state: tokens commi
 last `history` cycles' (block, verify count, committed), each / the largest block (zeros before the
 first); the newest draft's top-1 probability per slot (the current draft under `verify`, else the
 previous cycle's), zero-padded; and their running product summed (the draft's expected accepted
-length) / (largest block - 1).
+length) / (largest block - 1). Under load drawn per episode (`concurrency` a list), last: log2 of the
+episode's concurrency / log2 of the largest.
+
+Load (`concurrency`, trace backend only; None: the profile's own, 1 unless scaled already): a request
+served in a batch of B concurrent requests pays the batch's forward for every pass
+(`DeviceProfile.at_concurrency`), its autoregressive yardstick too.
+SIMULATED: the batch's other requests are assumed to verify as many tokens as this one.
 
 Reward of a cycle: (committed x s - cycle seconds) / (autoregressive decode seconds of the request),
 where s is the request's autoregressive seconds per token. The return is 1 - decode seconds / AR decode
@@ -23,7 +29,7 @@ as `BlockSizeEnv` reports them, so per-request and per-cycle policies are scored
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -31,6 +37,7 @@ import numpy as np
 from bp_rl.features import DEFAULT_FEATURE_SET
 from bp_rl.measurement import DecodeSettings
 from bp_rl.outcomes import request_tokens_per_second
+from bp_rl.profiles import DeviceProfile
 from bp_rl.prompts import SPLITS
 from bp_rl.schedules import action_set
 from bp_rl.traces import Cycle, CycleState
@@ -49,14 +56,21 @@ class BlockScheduleEnv(gym.Env):
         actions: str = "block",
         history: int = 4,
         obs_stats: tuple[np.ndarray, np.ndarray] | None = None,
+        concurrency: int | Sequence[int] | None = None,
     ):
         self.backend, self.action_set_name, self.history_length = backend, actions, history
+        self.concurrencies = (concurrency,) if concurrency is None or isinstance(concurrency, int) else tuple(concurrency)
+        if not self.concurrencies:
+            raise ValueError("concurrency: give a batch size or a non-empty list to draw one from per episode")
+        for load in self.concurrencies:
+            backend.check_concurrency(load)
         self.block_sizes = tuple(backend.block_sizes)
         self.actions = action_set(actions, self.block_sizes)
         self.largest = max(backend.block_sizes)
         self.drafts_first = actions == "verify"
         self.action_space = gym.spaces.Discrete(len(self.actions))
-        self.state_dim = 1 + 3 * history + (self.largest - 1) + 1
+        self.drawn_load = len(self.concurrencies) > 1  # shown in the observation only when it varies
+        self.state_dim = 1 + 3 * history + (self.largest - 1) + 1 + self.drawn_load
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (backend.observation_dim + self.state_dim,), np.float32)
         self.obs_stats = obs_stats
         self._request: CycleRequest | None = None
@@ -69,7 +83,8 @@ class BlockScheduleEnv(gym.Env):
         """Draw a prompt (or take `options["prompt_index"]`), prefill it and observe it."""
         super().reset(seed=seed)
         index = self.prompt_index = choose_prompt(self.np_random, self.num_prompts, options)
-        prefill, self._request = self.backend.begin(index, self.np_random)
+        self.concurrency = self.concurrencies[int(self.np_random.integers(len(self.concurrencies)))] if self.drawn_load else self.concurrencies[0]
+        prefill, self._request = self.backend.begin(index, self.np_random, self.concurrency)
         self._prefill = standardise(prefill, self.obs_stats)
         self.state = CycleState(committed=1, budget=self.backend.max_new_tokens - 1)
         self._seconds = 0.0
@@ -116,7 +131,10 @@ class BlockScheduleEnv(gym.Env):
         newest = (self.state.draft or ()) if self.drafts_first else (self.state.history[-1].confidence if self.state.history else ())
         start = 1 + 3 * self.history_length
         state[start : start + len(newest)] = newest
-        state[-1] = np.cumprod(newest).sum() / (self.largest - 1) if len(newest) else 0.0
+        summary = -1 - self.drawn_load
+        state[summary] = np.cumprod(newest).sum() / (self.largest - 1) if len(newest) else 0.0
+        if self.drawn_load:
+            state[-1] = np.log2(self.concurrency) / max(1.0, np.log2(max(self.concurrencies)))
         return np.concatenate([self._prefill, state])
 
     def _episode_info(self, request: CycleRequest) -> dict[str, Any]:
@@ -128,6 +146,7 @@ class BlockScheduleEnv(gym.Env):
             "prompt_id": self.backend.prompt_ids[self.prompt_index],
             "category": self.backend.categories[self.prompt_index],
             "new_tokens": new_tokens,
+            "concurrency": request.concurrency,
             "cycles": len(cycles),
             "mean_acceptance": new_tokens / len(cycles) if cycles else 0.0,  # the prefill's token has no cycle
             "decode_seconds": self._seconds,
@@ -164,21 +183,23 @@ class CyclesAsEpisodes(gym.Wrapper):
 
 def make_schedule_env(
     traces: str = DEFAULT_TRACES,
-    profile: str | None = None,
+    profile: str | DeviceProfile | None = None,
     split: str = "train",
     actions: str = "block",
     feature_set: str = DEFAULT_FEATURE_SET,
     history: int = 4,
     normalize_obs: bool = False,
     expect: dict | None = None,
+    concurrency: int | Sequence[int] | None = None,
 ) -> BlockScheduleEnv:
     """Per-cycle decisions on exact T=0 traces of one split, seconds simulated under `profile` (None:
-    this machine's shipped profile, else the closest)."""
+    this machine's shipped profile, else the closest), at `concurrency` (a batch size, or a list to
+    draw one from per episode)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {list(SPLITS)}")
     rewards = simulated_rewards(traces, profile, expect)
     stats = observation_stats(rewards.view(feature_set, "train")) if normalize_obs else None
-    return BlockScheduleEnv(TraceBackend(rewards, split, feature_set), actions, history, stats)
+    return BlockScheduleEnv(TraceBackend(rewards, split, feature_set), actions, history, stats, concurrency)
 
 
 def make_live_schedule_env(
@@ -193,6 +214,7 @@ def make_live_schedule_env(
     device: str | None = None,
     max_prompts: int | None = None,
     stats_table=None,
+    concurrency: int | None = None,
 ) -> BlockScheduleEnv:
     """Per-cycle decisions decoded for real (each half-cycle timed). `stats_table` (optional: a reward
     table, or traces under a profile) gives the training split's observation statistics."""
@@ -204,5 +226,5 @@ def make_live_schedule_env(
     settings = DecodeSettings(max_new_tokens=max_new_tokens, temperature=temperature)
     backend = LiveBackend(model, load_drafter(drafter, model), split, feature_set=feature_set, settings=settings, max_prompts=max_prompts)
     stats = observation_stats(stats_table.view(feature_set, "train")) if stats_table is not None else None
-    return BlockScheduleEnv(backend, actions, history, stats)
+    return BlockScheduleEnv(backend, actions, history, stats, concurrency)
 

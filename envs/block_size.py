@@ -171,14 +171,16 @@ def make_table_env(
 
 
 def simulated_rewards(traces: str | TraceTable = DEFAULT_TRACES, profile: str | DeviceProfile | None = None,
-                      expect: dict | None = None) -> SimulatedRewards:
+                      expect: dict | None = None, concurrency: int | None = None) -> SimulatedRewards:
     """A trace table (name, path or open) under a profile (name, path or loaded; None: this machine's
-    shipped profile, else the closest shipped one)."""
+    shipped profile, else the closest shipped one), for requests served in batches of `concurrency`
+    (None: the profile's own load, one request at a time unless it was scaled already)."""
     opened = traces if isinstance(traces, TraceTable) else TraceTable.load(traces)
     opened.check(expect or {})
     if profile is None:
         profile = default_profile(opened.meta["drafter_hash"])
-    return SimulatedRewards(opened, profile if isinstance(profile, DeviceProfile) else DeviceProfile.load(profile))
+    loaded = profile if isinstance(profile, DeviceProfile) else DeviceProfile.load(profile)
+    return SimulatedRewards(opened, loaded if concurrency is None else loaded.at_concurrency(concurrency))
 
 
 def make_trace_env(
@@ -189,12 +191,14 @@ def make_trace_env(
     reward: str = DEFAULT_REWARD,
     normalize_obs: bool = False,
     expect: dict | None = None,
+    concurrency: int | None = None,
 ) -> BlockSizeEnv:
     """Replay exact T=0 acceptance traces on one split, with seconds simulated under `profile`:
-    deterministic and noise-free; the rewards are those of the machine the profile describes."""
+    deterministic and noise-free; the rewards are those of the machine the profile describes, serving
+    requests in batches of `concurrency` (simulated: `DeviceProfile.at_concurrency`)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {list(SPLITS)}")
-    rewards = simulated_rewards(traces, profile, expect)
+    rewards = simulated_rewards(traces, profile, expect, concurrency)
     backend = TraceBackend(rewards, split, feature_set)
     stats = observation_stats(rewards.view(feature_set, "train")) if normalize_obs else None
     return BlockSizeEnv(backend, reward, best=backend.view, obs_stats=stats)

@@ -3,6 +3,7 @@
     python experiments/compare_schedules.py                          # shipped traces, three profiles, seed 0
     python experiments/compare_schedules.py --seeds 0 1 2 --out runs/schedules.md
     python experiments/compare_schedules.py --profiles roofline-h200_smollm2-135m_smollm2-135m-block --learned none
+    python experiments/compare_schedules.py --concurrency 1 4 16    # under load (profiles that cover it)
 
 For each profile, on the test split (agents learn on train, thresholds and early stopping use val):
 - per request (`BlockSizeTrace-v0`): autoregressive, the grid's fixed block, the supervised oracle,
@@ -13,7 +14,9 @@ For each profile, on the test split (agents learn on train, thresholds and early
   over blocks and over (block, verify) pairs; PPO over whole requests (gamma 1);
 - the exact per-cycle optimum over each action set (dynamic programming on the trace): an upper bound.
 
-Every figure is SIMULATED: acceptance from the traces (exact at T=0), seconds from the named profile.
+Every figure is SIMULATED: acceptance from the traces (exact at T=0), seconds from the named profile;
+under load (`--concurrency B`) each pass costs the forward of B requests verifying as many tokens
+each (`DeviceProfile.at_concurrency`; the `flat` model has no load and is skipped there).
 Decision times are real (this machine): per request for per-request policies, per cycle for
 per-cycle ones, and shown as a share of the mean cycle under a measured profile (not under a model's). Per-cycle learners observe a
 small part of the prefill (`--cycle-features`) beside the decode state.
@@ -175,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--learned", choices=LEARNED, default="all", help="none: rules, oracle, grid and bounds only (fast)")
     parser.add_argument("--cycle-features", default="logit_stats+prompt_length",
                         help="prefill features in per-cycle observations (beside the decode state); small keeps decisions cheap")
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[1],
+                        help="requests served together (simulated load); each profile at each it covers")
     parser.add_argument("--out", default=None, help="also write the report (markdown) here")
     args = parser.parse_args(argv)
 
@@ -182,15 +187,25 @@ def main(argv: list[str] | None = None) -> None:
     if args.profiles is None:
         measured = default_profile(traces.meta["drafter_hash"])
         args.profiles = [measured.name, f"flat-{measured.name}", f"roofline-h200_{measured.target}_{measured.drafter}"]
-    sections = []
+    runs = []
     for name in args.profiles:
-        profile = DeviceProfile.load(name)
+        base = DeviceProfile.load(name)
+        covered = [c for c in args.concurrency if c in base.concurrencies]
+        if len(covered) < len(args.concurrency):
+            print(f"profile {base.name!r} covers concurrency {list(base.concurrencies)}: skipping {sorted(set(args.concurrency) - set(covered))}")
+        runs += [base.at_concurrency(c) for c in covered]
+    if not runs:
+        raise ValueError(f"no profile covers concurrency {args.concurrency}: measure one with experiments/profile_device.py")
+    sections = []
+    for profile in runs:
         start = time.perf_counter()
         by_seed = [compare(traces, profile, seed, args.budget, args.cycle_budget, args.learned == "all", args.cycle_features)
                    for seed in tqdm(args.seeds, desc=profile.name)]
         prompts = len(traces.traced_prompts("test"))
+        load = (f" Load: {profile.concurrency} concurrent requests, every pass the batch's forward (simulated from batched "
+                f"forwards at context {profile.batched_context})." if profile.concurrency > 1 else "")
         section = (f"### {profile.name} ({profile.kind}: {profile.device})\n\nSIMULATED: test split, {prompts} prompts, seeds {args.seeds}, "
-                   f"{time.perf_counter() - start:.0f} s\n\n{report(by_seed, profile)}\n")
+                   f"{time.perf_counter() - start:.0f} s.{load}\n\n{report(by_seed, profile)}\n")
         print(section)
         sections.append(section)
     if args.out:

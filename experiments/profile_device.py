@@ -6,7 +6,8 @@
 Times (median of repeats, after warm-up, device-synchronised, all passes interleaved round by
 round against the machine's drift) a target forward over n tokens at several context lengths, a
 drafter proposal at every block size, prefills of several lengths and the per-cycle overhead of the
-decoding loop (a real decode per block size beyond its isolated passes), and writes them with the
+decoding loop (a real decode per block size beyond its isolated passes), batched target forwards
+(B concurrent requests x n tokens, for the `concurrency` of the trace environments), and writes them with the
 device's name and library versions as one JSON (`bp_rl.DeviceProfile`). With `flat=true` it also writes the `flat` model
 profile derived from it (every cycle costs one 1-token step), and with `roofline=[h200]` roofline
 models of accelerators (from weight bytes, bandwidth and peak FLOPs): models, labelled so. A trace table
@@ -43,15 +44,16 @@ def main(cfg: DictConfig) -> None:
     out_dir = Path(hydra.utils.to_absolute_path(cfg.out_dir))
     block_sizes = tuple(cfg.block_sizes or DEFAULT_BLOCK_SIZES)
     for accelerator in cfg.roofline:
-        model = roofline_profile(target, drafter, cfg.drafter, accelerator, block_sizes=block_sizes,
-                                 contexts=tuple(cfg.contexts), prompt_lengths=tuple(cfg.prompt_lengths))
+        model = roofline_profile(target, drafter, cfg.drafter, accelerator, block_sizes=block_sizes, contexts=tuple(cfg.contexts),
+                                 prompt_lengths=tuple(cfg.prompt_lengths), concurrencies=tuple(cfg.concurrencies))
         print(f"model profile {model.name!r} -> {model.save(out_dir / f'{model.name}.json')}")
     if not cfg.measure:
         return
     name = cfg.name or f"{cfg.target}_{cfg.drafter}_{device_slug(device_name(target.device))}"
     started = time.perf_counter()
     profile = measure_profile(
-        target, drafter, cfg.drafter, name, block_sizes, tuple(cfg.contexts), tuple(cfg.prompt_lengths), cfg.repeats
+        target, drafter, cfg.drafter, name, block_sizes, tuple(cfg.contexts), tuple(cfg.prompt_lengths), cfg.repeats,
+        concurrencies=tuple(cfg.concurrencies),
     )
     print(f"{profile.device}: measured in {time.perf_counter() - started:.0f} s -> {profile.save(out_dir / f'{name}.json')}")
     one_step = {c: round(t * 1e3, 1) for c, t in profile.verify[1].items()}
@@ -59,6 +61,8 @@ def main(cfg: DictConfig) -> None:
     print("loop overhead ms per cycle by block: " + ", ".join(f"b{b}: {t * 1e3:.1f}" for b, t in profile.overhead.items()))
     print("verify ms by block (shortest context): " + ", ".join(f"b{b}: {min(by_c.items())[1] * 1e3:.1f}" for b, by_c in profile.verify.items()))
     print("draft ms by block: " + ", ".join(f"b{b}: {t * 1e3:.1f}" for b, t in profile.draft.items()))
+    for c, by_n in profile.batched.items():
+        print(f"batched forward, {c} requests, ms by tokens each: " + ", ".join(f"n{n}: {t * 1e3:.1f}" for n, t in by_n.items()))
     if cfg.flat:
         flat = flat_profile(profile)
         print(f"model profile {flat.name!r} -> {flat.save(out_dir / f'{flat.name}.json')}")

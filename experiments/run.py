@@ -122,7 +122,7 @@ def main(cfg: DictConfig) -> None:
 
     expect = {"target": cfg.model.target, "drafter": cfg.model.drafter}
     if cfg.env.backend == "trace":
-        table = simulated_rewards(cfg.env.traces, cfg.env.profile, expect)
+        table = simulated_rewards(cfg.env.traces, cfg.env.profile, expect, cfg.env.concurrency)
         print(f"rewards SIMULATED from the traces {table.path.name} under profile {table.profile.name!r} ({table.profile.kind}: {table.profile.device})")
     else:
         table = RewardTable.load(cfg.env.table, expect=expect)

@@ -131,6 +131,8 @@ def tiny_profile(target, drafter, name: str = "tiny-model"):
         name=name, kind="model", device="model: tiny", target=target.name, drafter="tiny", drafter_hash=drafter_fingerprint(drafter),
         verify={b: {8: 0.010 + 0.002 * b, 64: 0.012 + 0.003 * b} for b in TINY_BLOCKS}, draft={b: 0.002 for b in TINY_BLOCKS if b > 1},
         prefill={8: 0.02, 64: 0.05}, overhead=0.001, note="test model",
+        # under load, a pass's cost grows with the tokens the whole batch verifies
+        batched={1: {b: 0.010 + 0.002 * b for b in TINY_BLOCKS}, 4: {b: 0.012 + 0.010 * b for b in TINY_BLOCKS}}, batched_context=32,
     )
 
 

@@ -13,6 +13,7 @@ from bp_rl import ContinuationDrafter, SpeculativeDecoder, speculative_generate
 from bp_rl.profiles import simulate
 from envs import make_schedule_env, make_trace_env
 from envs.backends import LiveRequest
+from envs.block_schedule import BlockScheduleEnv
 
 FEATURES = "last_hidden+logit_stats"
 
@@ -63,6 +64,34 @@ def test_a_fixed_block_through_the_per_cycle_env_scores_as_the_per_request_env(m
             assert info["block_sizes"] == [block] * info["cycles"] and info["new_tokens"] == len(trace.tokens)
 
 
+def test_under_load_both_envs_price_the_batch_and_agree(make, tiny_traces_path, tiny_profile_path):
+    alone, loaded = make("block", split="test"), make("block", split="test", concurrency=4)
+    per_request = make_trace_env(str(tiny_traces_path), str(tiny_profile_path), "test", FEATURES, reward="tokens_per_second", concurrency=4)
+    assert loaded.observation_space.shape == alone.observation_space.shape  # a fixed load is not observed
+    for k, block in enumerate(loaded.block_sizes):
+        _, at_one = run_episode(alone, lambda obs, info: k, 0)
+        _, at_four = run_episode(loaded, lambda obs, info: k, 0)
+        per_request.reset(options={"prompt_index": 0})
+        _, reward, _, _, single = per_request.step(k)
+        assert at_four["concurrency"] == 4 and at_four["tokens_per_second"] == pytest.approx(reward)
+        assert at_four["tokens_per_second"] < at_one["tokens_per_second"]  # each pass is the batch's
+        assert at_four["block_sizes"] == at_one["block_sizes"]  # load changes seconds, never what is accepted
+
+
+def test_a_load_drawn_per_episode_is_observed(make):
+    env = make("block", concurrency=[1, 4])
+    assert env.observation_space.shape[0] == make("block").observation_space.shape[0] + 1
+    check_env(env, skip_render_check=True)
+    seen = {}
+    env.reset(seed=3)
+    for _ in range(12):
+        obs, _ = env.reset()
+        seen[env.concurrency] = obs[-1]
+        _, info = run_episode(env, lambda obs, info: 0, env.prompt_index)
+        assert info["concurrency"] == env.concurrency
+    assert seen == {1: 0.0, 4: 1.0}
+
+
 def test_the_observation_carries_the_decode_state(make):
     env = make("block", history=2)
     obs, _ = env.reset(options={"prompt_index": 0})
@@ -88,6 +117,13 @@ def test_under_the_verify_set_the_agent_sees_the_current_draft(make):
     assert info["cycle_state"].draft == tuple(trace.confidence[4][0])
     _, _, _, _, step = env.step(1)  # verify 2: the anchor and one draft
     assert step["block_size"] == 4 and step["verify_count"] == 2 and step["committed"] == trace.committed(0, 4, 2)
+
+
+def test_a_load_the_profile_does_not_cover_is_explained(make, tiny_traces_path, tiny_profile_path):
+    with pytest.raises(ValueError, match=r"no batched costs for concurrency 16; covered: \[1, 4\]"):
+        make("block", concurrency=[1, 16])
+    with pytest.raises(ValueError, match=r"no batched costs for concurrency 2; covered: \[1, 4\]"):
+        make_trace_env(str(tiny_traces_path), str(tiny_profile_path), "test", FEATURES, concurrency=2)
 
 
 def test_bad_use_is_explained(make):
@@ -130,6 +166,8 @@ def test_the_live_schedule_env_decodes_what_speculative_generate_decodes(smollm2
         _, info = run_episode(env, lambda obs, info: k, 0)
         expected = speculative_generate(smollm2, env.backend.drafter, prompt, block, max_new_tokens=12)
         assert info["token_ids"] == expected.token_ids and info["tokens_per_second"] > 0 and info["speedup"] > 0
+    with pytest.raises(ValueError, match=r"concurrency 4: live decoding serves one request at a time \(valid: \[1\]\)"):
+        BlockScheduleEnv(env.backend, concurrency=4)
 
 
 def test_compare_schedules_reports_every_policy_and_the_replay_check(tiny_traces_path, tiny_profile_path, tmp_path):
@@ -140,8 +178,15 @@ def test_compare_schedules_reports_every_policy_and_the_replay_check(tiny_traces
     from compare_schedules import main
 
     out = tmp_path / "report.md"
-    main(["--traces", str(tiny_traces_path), "--profiles", str(tiny_profile_path), "--budget", "40", "--cycle-budget", "300", "--out", str(out)])
-    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1] for line in out.read_text().splitlines() if line.startswith("| ") and " | " in line}
+    main(["--traces", str(tiny_traces_path), "--profiles", str(tiny_profile_path), "--budget", "40", "--cycle-budget", "300",
+          "--concurrency", "1", "4", "--out", str(out)])
+    alone, loaded = out.read_text().split("### ")[1:]
+    assert loaded.startswith("tiny-model@c4") and "Load: 4 concurrent requests" in loaded and "Load:" not in alone
+
+    def rows_of(section):
+        return {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1] for line in section.splitlines() if line.startswith("| ") and " | " in line}
+
+    rows = rows_of(alone)
     for name in ("per-request grid", "per-request ppo", "per-cycle linucb (block_verify)", "per-cycle ppo (block)", "per-cycle optimum: block (bound)"):
         assert name in rows
     replay = next(name for name in rows if name.endswith("(replay check)"))
@@ -149,3 +194,5 @@ def test_compare_schedules_reports_every_policy_and_the_replay_check(tiny_traces
     tps = {name: float(value.replace(",", "")) for name, value in rows.items() if value[:1].isdigit()}
     assert tps["per-cycle optimum: block_verify (bound)"] >= tps["per-request best (bound)"] - 1e-6 >= tps["per-request grid"] - 1e-6
     assert "SIMULATED" in out.read_text()
+    under_load = rows_of(loaded)
+    assert float(under_load["per-request grid"].replace(",", "")) < tps["per-request grid"]  # every pass is the batch's

@@ -17,7 +17,7 @@ PROMPT, NEW = [5, 6, 7, 8, 9], 30
 def setup(tiny_target):
     drafter = overfit_drafter(tiny_target, greedy_sequence(tiny_target, PROMPT, NEW), len(PROMPT))
     profile = measure_profile(tiny_target, drafter, "overfit", "tiny-cpu", block_sizes=(1, 2, 4, 8), contexts=(16, 64),
-                              prompt_lengths=(8, 32), repeats=2, decode_tokens=12)
+                              prompt_lengths=(8, 32), repeats=2, decode_tokens=12, concurrencies=(4,))
     return drafter, profile
 
 
@@ -63,6 +63,26 @@ def test_bad_profiles_are_explained(tmp_path, setup, tiny_target):
         DeviceProfile(**{**profile.__dict__, "kind": "guess"})
 
 
+def test_a_batched_profile_scales_every_pass_by_its_measured_batch_cost(setup, tiny_target):
+    drafter, profile = setup
+    assert profile.concurrencies == (1, 4) and set(profile.batched[4]) == {1, 2, 4, 8} and profile.batched_context == 64
+    assert profile.at_concurrency(1) is profile
+    loaded = profile.at_concurrency(4)
+    assert loaded.concurrency == 4 and loaded.name == "tiny-cpu@c4" and "SIMULATED load" in loaded.note
+    for n in (1, 2, 4, 8):
+        factor = profile.batched[4][n] / profile.batched[1][n]
+        assert loaded.verify_seconds(n, 40) == pytest.approx(profile.verify_seconds(n, 40) * factor)
+        if n > 1:
+            assert loaded.draft_seconds(n) == pytest.approx(profile.draft_seconds(n) * factor)
+    assert loaded.prefill == profile.prefill and loaded.overhead == profile.overhead
+    with pytest.raises(ValueError, match=r"no batched costs for concurrency 16; covered: \[1, 4\]"):
+        profile.at_concurrency(16)
+    with pytest.raises(ValueError, match="already at concurrency 4"):
+        loaded.at_concurrency(1)
+    with pytest.raises(ValueError, match=r"covered: \[1\]"):
+        flat_profile(profile).at_concurrency(4)  # the flat model has no load
+
+
 def test_roofline_model_is_labelled_and_memory_bound_for_small_blocks(setup, tiny_target):
     drafter, _ = setup
     model = roofline_profile(tiny_target, drafter, "overfit", "h200", block_sizes=(1, 2, 8), contexts=(16, 64), prompt_lengths=(8,))
@@ -70,6 +90,8 @@ def test_roofline_model_is_labelled_and_memory_bound_for_small_blocks(setup, tin
     # a tiny model on an H200 moves its weights in the same time whatever the block: flat verify cost
     assert model.verify[1][16] == pytest.approx(model.verify[8][16], rel=0.05)
     assert model.verify[8][64] >= model.verify[8][16] > 0 and model.draft[8] > 0
+    # under load each request's pass is the batch's: 16 requests' caches and tokens cost more than one's
+    assert model.batched[16][8] > model.batched[1][8] and model.at_concurrency(16).verify[8][16] > model.verify[8][16]
     with pytest.raises(ValueError, match="unknown accelerator 'tpu'; modelled: \\['a100', 'h100', 'h200'\\]"):
         roofline_profile(tiny_target, drafter, "overfit", "tpu")
 
