@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import transformers
 from transformers import DynamicCache
@@ -33,7 +34,7 @@ from bp_rl.drafter import Drafter, drafter_fingerprint
 from bp_rl.models import Target
 from bp_rl.outcomes import DEFAULT_BLOCK_SIZES
 from bp_rl.timing import device_name, measure, measure_interleaved
-from bp_rl.traces import AcceptanceTrace
+from bp_rl.traces import AcceptanceTrace, Cycle, SampledTrace
 
 SHIPPED_PROFILES_DIR = Path(__file__).parent / "data" / "profiles"
 PROFILE_KINDS = ("measured", "model")
@@ -405,16 +406,31 @@ def roofline_profile(
     )
 
 
-def simulate(trace: AcceptanceTrace, profile: DeviceProfile, schedule, draft_block: int | None = None) -> DecodeStats:
+def simulate(trace: AcceptanceTrace | SampledTrace, profile: DeviceProfile, schedule, draft_block: int | None = None,
+             seed_index: int = 0) -> DecodeStats:
     """The decode a schedule gives on the trace, with seconds from the profile (simulated, not timed).
 
     `schedule`: an action (a block size, or (block, verify count)) for every cycle, or a callable
-    CycleState -> action (per cycle; `draft_block` as in `AcceptanceTrace.replay`)."""
+    CycleState -> action (per cycle; `draft_block` as in `AcceptanceTrace.replay`). A `SampledTrace`
+    (above T=0) replays its own seeded decodes only: `schedule` is one of its block sizes and
+    `seed_index` picks the decode."""
+    if isinstance(trace, SampledTrace):
+        if callable(schedule) or not isinstance(schedule, (int, np.integer)):
+            raise ValueError(f"a sampled (T>0) trace replays its own fixed-block decodes only, not schedule {schedule!r}; "
+                             "per-cycle schedules replay exactly at T=0")
+        block = int(schedule)
+        cycles = [Cycle(block, block, committed) for committed in trace.acceptance_lengths(block, seed_index)]
+        return price_cycles(trace.prompt_tokens, trace.new_tokens(block, seed_index), cycles, profile)
     choose = schedule if callable(schedule) else (lambda state: schedule)
-    cycles = trace.replay(choose, draft_block)
-    stats = DecodeStats(prompt_tokens=trace.prompt_tokens, new_tokens=len(trace.tokens))
-    stats.prefill_seconds = profile.prefill_seconds(trace.prompt_tokens)
-    context = trace.prompt_tokens + 1  # the cycle's anchor is the newest committed token
+    return price_cycles(trace.prompt_tokens, len(trace.tokens), trace.replay(choose, draft_block), profile)
+
+
+def price_cycles(prompt_tokens: int, new_tokens: int, cycles: list[Cycle], profile: DeviceProfile) -> DecodeStats:
+    """A decode's stats with every pass priced by the profile: its prefill, then each cycle at the
+    context its anchor sits at."""
+    stats = DecodeStats(prompt_tokens=prompt_tokens, new_tokens=new_tokens)
+    stats.prefill_seconds = profile.prefill_seconds(prompt_tokens)
+    context = prompt_tokens + 1  # the cycle's anchor is the newest committed token
     for cycle in cycles:
         stats.decode_seconds += profile.cycle_seconds(cycle.block, context, cycle.verify)
         stats.block_sizes.append(cycle.block)

@@ -2,8 +2,10 @@
 
 One SQLite file (`bp_rl.table_file`) for one (target, drafter, decoding settings) combination:
 `meta`, `prompts` and `observations` as in the reward table, and `traces`: per prompt the greedy
-continuation, `accepted[block][anchor]` and the drafter's confidence per drafted slot. A trace
-holds no timing, so one table serves every machine: `view(feature_set, split, profile)` turns it
+continuation, `accepted[block][anchor]` and the drafter's confidence per drafted slot. Above T=0
+(`settings.temperature > 0`) the table holds `samples` instead: per prompt, the per-cycle committed
+counts of one seeded real decode per (block size, seed) (`SampledTrace`: a sample, and the seeds
+are part of the table's identity). A trace holds no timing, so one table serves every machine: `view(feature_set, split, profile)` turns it
 into the same `TableView` a timed table gives, with seconds simulated from a `DeviceProfile`
 (labelled so: `simulated_under` names the profile).
 
@@ -23,18 +25,22 @@ from bp_rl import table_file
 from bp_rl.outcomes import TableView
 from bp_rl.profiles import DeviceProfile, simulate
 from bp_rl.prompts import SPLITS, Prompt
-from bp_rl.traces import AcceptanceTrace
+import json
+
+from bp_rl.traces import AcceptanceTrace, SampledTrace
 
 SCHEMA_VERSION = 1
 KIND = "acceptance-traces"  # what `meta.kind` says, so a reward table is never read as one
 # Traces made under different values of these never share a file.
-IDENTITY_KEYS = ("schema_version", "kind", "suite", "target", "dtype", "drafter", "drafter_hash", "settings", "block_sizes", "feature_sets")
+IDENTITY_KEYS = ("schema_version", "kind", "suite", "target", "dtype", "drafter", "drafter_hash", "settings", "block_sizes", "feature_sets", "seeds")
 SHIPPED_TRACES_DIR = Path(__file__).parent / "data" / "traces"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS traces (
     prompt_id TEXT PRIMARY KEY, prompt_tokens INTEGER NOT NULL, tokens BLOB NOT NULL,
     accepted BLOB NOT NULL, confidence BLOB NOT NULL, seconds REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS samples (
+    prompt_id TEXT PRIMARY KEY, prompt_tokens INTEGER NOT NULL, cycles TEXT NOT NULL, seconds REAL NOT NULL);
 """
 
 
@@ -51,6 +57,8 @@ class TraceTable(table_file.TableFile):
         """Open `path` for adding traces made under `meta`; refuses a file made under other settings."""
         path = Path(path)
         meta = {**meta, "schema_version": SCHEMA_VERSION, "kind": KIND}
+        if meta["settings"]["temperature"] > 0 and not meta.get("seeds"):
+            raise ValueError(f"traces above T=0 are samples of seeded decodes: the table needs its seeds (meta 'seeds'), got {meta.get('seeds')!r}")
         if not path.exists():
             table_file.create(path, _SCHEMA, meta)
         table = cls.load(path)
@@ -68,14 +76,37 @@ class TraceTable(table_file.TableFile):
             raise ValueError(f"{path} is a {meta.get('kind', 'reward table')!r} file, not a trace table")
         return cls(path, db, meta).check(expect or {})
 
+    @property
+    def temperature(self) -> float:
+        return float(self.meta["settings"]["temperature"])
+
+    @property
+    def sampled(self) -> bool:
+        """Whether this table holds samples of seeded decodes (T > 0), not exact traces."""
+        return self.temperature > 0
+
+    @property
+    def _rows(self) -> str:
+        return "samples" if self.sampled else "traces"
+
     # ---- writing -------------------------------------------------------------------------
     def done_prompts(self) -> set[str]:
-        return {pid for (pid,) in self.db.execute("SELECT prompt_id FROM traces")}
+        return {pid for (pid,) in self.db.execute(f"SELECT prompt_id FROM {self._rows}")}
 
-    def add(self, prompt: Prompt, trace: AcceptanceTrace, seconds: float) -> None:
+    def add(self, prompt: Prompt, trace: AcceptanceTrace | SampledTrace, seconds: float) -> None:
         """One prompt's trace, observations and row, in one transaction."""
         if trace.block_sizes != self.block_sizes:
             raise ValueError(f"trace of {prompt.id!r} has block sizes {list(trace.block_sizes)}, this table {list(self.block_sizes)}")
+        if isinstance(trace, SampledTrace) != self.sampled:
+            raise ValueError(f"a {type(trace).__name__} does not go in a table at temperature {self.temperature:g}")
+        if isinstance(trace, SampledTrace):
+            if list(trace.seeds) != self.meta["seeds"]:
+                raise ValueError(f"trace of {prompt.id!r} has seeds {list(trace.seeds)}, this table {self.meta['seeds']}")
+            with self.db:
+                table_file.add_prompt(self.db, prompt, trace.prompt_tokens, trace.observations)
+                self.db.execute("INSERT OR IGNORE INTO samples VALUES (?, ?, ?, ?)",
+                                (prompt.id, trace.prompt_tokens, json.dumps({str(b): c for b, c in trace.cycles.items()}), seconds))
+            return
         accepted = np.array([trace.accepted[b] for b in self.block_sizes], dtype=np.uint8)
         confidence = np.concatenate([np.array(trace.confidence[b], dtype=np.float16).reshape(-1) for b in self.block_sizes])
         with self.db:
@@ -95,6 +126,8 @@ class TraceTable(table_file.TableFile):
         with self.db:
             table_file.copy_prompts(self.db, other.db)
             self.db.executemany("INSERT OR IGNORE INTO traces VALUES (?, ?, ?, ?, ?, ?)", other.db.execute("SELECT * FROM traces"))
+            if self.sampled:
+                self.db.executemany("INSERT OR IGNORE INTO samples VALUES (?, ?, ?, ?)", other.db.execute("SELECT * FROM samples"))
         return self.db.total_changes - before
 
     # ---- reading -------------------------------------------------------------------------
@@ -102,11 +135,17 @@ class TraceTable(table_file.TableFile):
         if split is not None and split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; valid: {list(SPLITS)}")
         rows = self.db.execute(
-            "SELECT p.prompt_id, p.category, p.split FROM prompts p JOIN traces t USING (prompt_id) ORDER BY p.prompt_id"
+            f"SELECT p.prompt_id, p.category, p.split FROM prompts p JOIN {self._rows} t USING (prompt_id) ORDER BY p.prompt_id"
         ).fetchall()
         return [row for row in rows if split is None or row[2] == split]
 
-    def trace(self, prompt_id: str) -> AcceptanceTrace:
+    def trace(self, prompt_id: str) -> AcceptanceTrace | SampledTrace:
+        if self.sampled:
+            row = self.db.execute("SELECT prompt_tokens, cycles FROM samples WHERE prompt_id = ?", (prompt_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no trace of prompt {prompt_id!r} in {self.path}")
+            cycles = {int(b): c for b, c in json.loads(row[1]).items()}
+            return SampledTrace(row[0], self.temperature, tuple(self.meta["seeds"]), cycles)
         row = self.db.execute("SELECT prompt_tokens, tokens, accepted, confidence FROM traces WHERE prompt_id = ?", (prompt_id,)).fetchone()
         if row is None:
             raise KeyError(f"no trace of prompt {prompt_id!r} in {self.path}")
@@ -137,8 +176,8 @@ class TraceTable(table_file.TableFile):
 
     def view(self, feature_set: str, split: str | None, profile: DeviceProfile) -> TableView:
         """The traced prompts of one split as a `TableView` whose rewards are simulated under `profile`:
-        one deterministic "repeat" per (prompt, block size), the autoregressive baseline at block 1 cost
-        without a drafter pass."""
+        one deterministic "repeat" per (prompt, block size) (above T=0: one per seed), the
+        autoregressive baseline at block 1 cost without a drafter pass."""
         self.check_profile(profile)
         parts = table_file.feature_parts(self.feature_sets, feature_set, self.path.name)
         prompts = self.traced_prompts(split)
@@ -146,14 +185,16 @@ class TraceTable(table_file.TableFile):
             raise ValueError(f"{self.path} has no traced prompt in {f'split {split!r}' if split else 'any split'}")
         vectors = table_file.read_observations(self.db)
         samples, ar = [], []
+        runs = range(len(self.meta["seeds"])) if self.sampled else range(1)  # exact traces: one deterministic run
         for pid, _, _ in prompts:
             trace = self.trace(pid)
-            decodes = {b: simulate(trace, profile, b) for b in {1, *self.block_sizes}}  # block 1 is also the baseline
+            # block 1 is also the baseline (above T=0 it was decoded too, seed by seed)
+            decodes = {b: [simulate(trace, profile, b, seed_index=j) for j in runs] for b in {1, *self.block_sizes}}
             samples.append([
-                np.array([[s.tokens_per_second, s.mean_acceptance, s.new_tokens, s.cycles, s.decode_seconds]])
-                for s in (decodes[b] for b in self.block_sizes)
+                np.array([[s.tokens_per_second, s.mean_acceptance, s.new_tokens, s.cycles, s.decode_seconds] for s in decodes[b]])
+                for b in self.block_sizes
             ])
-            ar.append(np.array([decodes[1].tokens_per_second]))
+            ar.append(np.array([s.tokens_per_second for s in decodes[1]]))
         return TableView(
             prompt_ids=[p[0] for p in prompts],
             categories=np.array([p[1] for p in prompts]),
@@ -167,7 +208,7 @@ class TraceTable(table_file.TableFile):
         )
 
     def summary(self) -> dict:
-        rows, seconds = self.db.execute("SELECT COUNT(*), COALESCE(SUM(seconds), 0) FROM traces").fetchone()
+        rows, seconds = self.db.execute(f"SELECT COUNT(*), COALESCE(SUM(seconds), 0) FROM {self._rows}").fetchone()
         return {"path": str(self.path), "prompts": rows, "collection_seconds": round(seconds, 1), **self.meta}
 
 

@@ -7,7 +7,10 @@ prompt + continuation and one packed drafter pass per block size (every anchor a
 drafter training) therefore give the whole table `accepted[block][anchor]`, from which any schedule
 (a fixed block per request, or a block per cycle) replays exactly, on any machine.
 
-Only temperature 0 is traced: above it the committed tokens depend on the block sizes drawn.
+Above temperature 0 the committed tokens depend on the draws, so no table of every anchor exists.
+There a trace is a *sample* (`SampledTrace`): per block size, the per-cycle committed counts of a few
+real seeded decodes. It replays those decodes' fixed-block schedules (under any profile), not a
+schedule of its own: per-cycle replay stays exact at T=0 only.
 """
 
 from __future__ import annotations
@@ -125,6 +128,37 @@ class AcceptanceTrace:
         return [cycle.committed for cycle in self.replay(lambda state: block_size)]
 
 
+@dataclass
+class SampledTrace:
+    """Acceptance of one request above T=0: a sample, not an exact table.
+
+    `cycles[b][j]`: the committed count of each cycle (bonus included) of a real decode at block size
+    b with sampling seed `seeds[j]`; `new_tokens[b][j]` its new tokens (the prefill commits the first,
+    so they are 1 + the sum of its cycles). Another seed decodes other tokens: averages over seeds
+    estimate a block's expected speed, they do not give it exactly.
+    """
+
+    prompt_tokens: int
+    temperature: float
+    seeds: tuple[int, ...]
+    cycles: dict[int, list[list[int]]]
+    observations: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def block_sizes(self) -> tuple[int, ...]:
+        return tuple(sorted(self.cycles))
+
+    def new_tokens(self, block_size: int, seed_index: int = 0) -> int:
+        return 1 + sum(self.acceptance_lengths(block_size, seed_index))
+
+    def acceptance_lengths(self, block_size: int, seed_index: int = 0) -> list[int]:
+        """Per-cycle committed counts of the seeded decode: `speculative_generate(..., block_size,
+        temperature=self.temperature, seed=self.seeds[seed_index]).stats.acceptance_lengths`."""
+        if block_size not in self.cycles:
+            raise ValueError(f"block size {block_size} is not in this trace; traced: {list(self.block_sizes)}")
+        return self.cycles[block_size][seed_index]
+
+
 def effective_block(block_size: int, anchor: int, max_new_tokens: int) -> int:
     """The block a cycle anchored at new token `anchor` really drafts: decoding never drafts past the budget."""
     return max(1, min(block_size, max_new_tokens - anchor - 1))
@@ -140,15 +174,21 @@ def trace_request(
     temperature: float = 0.0,
     stop_token_ids: list[int] | None = None,
     feature_sets: tuple[str, ...] = (),
-) -> AcceptanceTrace:
+    seeds: list[int] | tuple[int, ...] | None = None,
+) -> AcceptanceTrace | SampledTrace:
     """The exact T=0 acceptance trace of `prompt` for every block size in `block_sizes`, and the
-    observations of `feature_sets` read off its prefill."""
-    if temperature != 0:
-        raise ValueError(f"traces are exact at temperature 0 only, got temperature={temperature!r}; use env=live or a timed table above it")
+    observations of `feature_sets` read off its prefill. Above T=0 (`seeds` required): a
+    `SampledTrace` of one real decode per block size and seed."""
     bad = [b for b in block_sizes if not isinstance(b, int) or not 1 <= b <= drafter.max_block_size]
     if bad:
         raise ValueError(f"block sizes {bad} are outside [1, {drafter.max_block_size}] for this drafter")
-    settings = DecodeSettings(max_new_tokens=max_new_tokens)
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+    settings = DecodeSettings(max_new_tokens=max_new_tokens, temperature=temperature)
+    if temperature > 0:
+        if not seeds:
+            raise ValueError(f"above T=0 a trace is a sample of seeded decodes: pass seeds (e.g. [0, 1, 2]), got {seeds!r}")
+        return _sampled_trace(target, drafter, prompt, block_sizes, settings, tuple(seeds), stop_token_ids, feature_sets)
     decoder, observations = start_request(target, None, prompt, settings, feature_sets, stop_token_ids=stop_token_ids)
     decoder.decode(1)
     new = decoder.new_token_ids
@@ -170,6 +210,23 @@ def trace_request(
             drafted = top1[: sizes[i] - 1]  # a deterministic drafter may propose fewer
             confidence[b][i][: len(drafted)] = drafted
     return AcceptanceTrace(len(prompt_ids), new, accepted, confidence, observations)
+
+
+def _sampled_trace(
+    target: Target, drafter: Drafter, prompt, block_sizes, settings: DecodeSettings, seeds: tuple[int, ...],
+    stop_token_ids: list[int] | None, feature_sets: tuple[str, ...],
+) -> SampledTrace:
+    """One real decode per (block size, seed), each from its own prefill with the seed's sampler."""
+    if 1 not in block_sizes:
+        raise ValueError(f"above T=0 the autoregressive baseline is sampled too: block sizes {list(block_sizes)} must include 1")
+    cycles: dict[int, list[list[int]]] = {}
+    observations: dict[str, np.ndarray] = {}
+    for b in sorted(set(block_sizes)):
+        cycles[b] = []
+        for seed in seeds:
+            decoder, observations = start_request(target, drafter if b > 1 else None, prompt, settings, feature_sets, seed, stop_token_ids)
+            cycles[b].append(list(decoder.decode(b).acceptance_lengths))
+    return SampledTrace(decoder.stats.prompt_tokens, settings.temperature, seeds, cycles, observations)
 
 
 # anchors, block size per anchor -> (slot matches, slot confidences) per anchor

@@ -8,7 +8,8 @@ happened. The trace and live backends also step a request cycle by cycle (`Cycle
 
 - `TableBackend` replays a measured `RewardTable` (fast; deterministic under a seed);
 - `TraceBackend` replays exact acceptance traces with seconds simulated under a device profile
-  (fast, deterministic, noise-free, and valid on the machine the profile describes);
+  (fast, deterministic, noise-free, and valid on the machine the profile describes); above T=0,
+  sampled traces, one seeded decode drawn per episode;
 - `LiveBackend` decodes for real with `bp_rl.measurement`, the same code that filled the table.
 """
 
@@ -182,7 +183,8 @@ class TraceBackend(TableBackend):
     (one deterministic outcome per prompt and block size), keeping the traces for per-cycle replay."""
 
     def __init__(self, rewards: SimulatedRewards, split: str, feature_set: str = DEFAULT_FEATURE_SET):
-        super().__init__(rewards.view(feature_set, split), replay="median")
+        # exact traces give one outcome per (prompt, block); sampled ones (T>0) one per seed, drawn per episode
+        super().__init__(rewards.view(feature_set, split), replay="sample" if rewards.traces.sampled else "median")
         self.rewards = rewards
         self.max_new_tokens = int(rewards.meta["settings"]["max_new_tokens"])
         self._loaded: dict[int, DeviceProfile] = {}  # the profile scaled to each concurrency asked for
@@ -202,6 +204,9 @@ class TraceBackend(TableBackend):
         self.profile_at(concurrency)
 
     def begin(self, i: int, rng: np.random.Generator, concurrency: int | None = None) -> tuple[np.ndarray, TraceRequest]:
+        if self.rewards.traces.sampled:
+            raise ValueError(f"{self.rewards.path.name} samples decodes at T={self.rewards.traces.temperature:g}: per-cycle replay needs "
+                             "an exact T=0 trace (decode per cycle for real with bp_rl/BlockScheduleLive-v0)")
         return self.observe(i, rng), TraceRequest(self.trace(i), self.profile_at(concurrency))
 
 

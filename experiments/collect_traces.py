@@ -1,12 +1,14 @@
 """Collect acceptance traces: every prompt's exact T=0 trace at every block size, and its observations.
 
     python experiments/collect_traces.py                               # the shipped drafter, whole suite
+    python experiments/collect_traces.py temperature=1 seeds=[0,1,2] splits=[test]   # sampled traces (T>0)
     python experiments/collect_traces.py drafter=prompt-lookup
     python experiments/collect_traces.py -m shard=0/2,1/2 threads=1 hydra/launcher=joblib   # two processes
     python experiments/table.py merge runs/traces/all.sqlite runs/traces/*.shard*.sqlite
 
 A trace holds no timing: collect it anywhere, with anything else running, and get rewards on any
-machine from a device profile (`experiments/profile_device.py`). Crash-safe and resumable: each
+machine from a device profile (`experiments/profile_device.py`). Above T=0 a trace is a sample:
+one real decode per (block size, seed), each seed's draws its own (`bp_rl.traces.SampledTrace`). Crash-safe and resumable: each
 prompt is one SQLite transaction and a re-run skips the prompts already traced. Like
 `collect.py`, it honours `<out>.pause` (`experiments/paused.sh`), so timed work can run beside it.
 """
@@ -44,7 +46,11 @@ def main(cfg: DictConfig) -> None:
     feature_sets = tuple(cfg.feature_sets)
     first = trace_request(target, drafter, render_prompt(prompts[0], target.tokenizer), block_sizes, 2, feature_sets=feature_sets)
     dims = {name: int(vector.shape[0]) for name, vector in first.observations.items()}
-    meta = table_metadata(target, drafter, cfg.drafter, cfg.suite, DecodeSettings(cfg.max_new_tokens), block_sizes, dims, " ".join(sys.argv))
+    settings = DecodeSettings(cfg.max_new_tokens, temperature=float(cfg.temperature))
+    seeds = [int(s) for s in cfg.seeds] if settings.temperature > 0 else None
+    meta = table_metadata(target, drafter, cfg.drafter, cfg.suite, settings, block_sizes, dims, " ".join(sys.argv))
+    if seeds:
+        meta["seeds"] = seeds
     out = shard_path(Path(hydra.utils.to_absolute_path(cfg.out)), index, count)
     table = TraceTable.create_or_resume(out, meta)
     done = table.done_prompts()
@@ -56,7 +62,8 @@ def main(cfg: DictConfig) -> None:
     for prompt in bar:
         wait_while_paused(pause_file, bar)
         started = time.perf_counter()
-        trace = trace_request(target, drafter, render_prompt(prompt, target.tokenizer), block_sizes, cfg.max_new_tokens, feature_sets=feature_sets)
+        trace = trace_request(target, drafter, render_prompt(prompt, target.tokenizer), block_sizes, cfg.max_new_tokens,
+                              settings.temperature, feature_sets=feature_sets, seeds=seeds)
         table.add(prompt, trace, time.perf_counter() - started)
         cycles = trace.acceptance_lengths(max(block_sizes))
         bar.set_postfix(prompt=prompt.id, accepted=f"{sum(cycles) / max(1, len(cycles)):.2f}")

@@ -115,6 +115,46 @@ def test_profiles_that_do_not_fit_are_refused(tiny_traces_path, models, tmp_path
         DeviceProfile.load(tmp_path / "bad.json")
 
 
+def test_sampled_traces_store_one_repeat_per_seed_and_refuse_per_cycle_replay(tmp_path, models, tiny_profile_path):
+    from bp_rl.collection import table_metadata
+    from bp_rl.measurement import DecodeSettings
+    from envs import make_schedule_env
+
+    target, drafter = models
+    token_ids = tiny_token_ids(tiny_prompts())
+    prompts = tiny_prompts()[:4]
+    settings = DecodeSettings(max_new_tokens=TINY_NEW_TOKENS, temperature=1.0)
+    traces = {p.id: trace_request(target, drafter, token_ids[p.id], TINY_BLOCKS, TINY_NEW_TOKENS, 1.0, feature_sets=("last_hidden", "logit_stats"),
+                                  seeds=[0, 1, 2]) for p in prompts}
+    dims = {name: len(v) for name, v in next(iter(traces.values())).observations.items()}
+    meta = table_metadata(target, drafter, "tiny", "tiny-suite", settings, TINY_BLOCKS, dims)
+    with pytest.raises(ValueError, match="needs its seeds"):
+        TraceTable.create_or_resume(tmp_path / "t1.sqlite", meta)
+    table = TraceTable.create_or_resume(tmp_path / "t1.sqlite", {**meta, "seeds": [0, 1, 2]})
+    for prompt in prompts:
+        table.add(prompt, traces[prompt.id], seconds=0.01)
+    with pytest.raises(ValueError, match="refusing to mix"):
+        TraceTable.create_or_resume(tmp_path / "t1.sqlite", {**meta, "seeds": [5]})
+    table = TraceTable.load(tmp_path / "t1.sqlite")
+    assert table.sampled and table.done_prompts() == {p.id for p in prompts}
+    pid = prompts[0].id
+    assert table.trace(pid).cycles == traces[pid].cycles
+    profile = DeviceProfile.load(tiny_profile_path)
+    view = SimulatedRewards(table, profile).view(FEATURES)
+    i = view.prompt_ids.index(pid)
+    for k, b in enumerate(TINY_BLOCKS):
+        expected = [simulate(traces[pid], profile, b, seed_index=j).tokens_per_second for j in range(3)]
+        assert view.samples[i][k][:, 0] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="per-cycle replay needs an exact T=0 trace"):
+        make_schedule_env(str(tmp_path / "t1.sqlite"), str(tiny_profile_path), "train", "block", FEATURES).reset(seed=0)
+    env = make_trace_env(str(tmp_path / "t1.sqlite"), str(tiny_profile_path), "train", FEATURES, reward="tokens_per_second")
+    rewards = set()
+    for episode in range(12):  # one seeded decode drawn per episode
+        env.reset(seed=episode, options={"prompt_index": 0})
+        rewards.add(round(env.step(2)[1], 6))
+    assert 1 < len(rewards) <= 3
+
+
 def test_trace_env_passes_the_checkers_and_rewards_the_simulated_speed(tiny_traces_path, tiny_profile_path):
     env = make_trace_env(str(tiny_traces_path), str(tiny_profile_path), split="train", feature_set=FEATURES)
     check_env(env, skip_render_check=True)

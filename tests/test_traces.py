@@ -8,6 +8,7 @@ from drafters import greedy_sequence, overfit_drafter
 
 from bp_rl import PromptLookupDrafter, SpeculativeDecoder, speculative_generate
 from bp_rl.measurement import DecodeSettings, measure
+from bp_rl.profiles import DeviceProfile, simulate
 from bp_rl.traces import effective_block, trace_request
 
 PROMPT, NEW = [5, 6, 7, 8, 9], 40
@@ -122,9 +123,28 @@ def test_observations_are_the_ones_a_timed_measurement_reads(tiny_target, traine
         np.testing.assert_allclose(trace.observations[name], vector, rtol=1e-5, atol=1e-6)
 
 
-def test_temperature_above_zero_is_refused(tiny_target, trained):
-    with pytest.raises(ValueError, match="temperature 0 only"):
+def test_above_zero_a_trace_is_the_seeded_decodes(tiny_target, trained, tiny_profile_path):
+    sampled = trace_request(tiny_target, trained, PROMPT, (1, 4), max_new_tokens=16, temperature=1.0, seeds=[3, 4], stop_token_ids=[])
+    assert sampled.seeds == (3, 4) and sampled.block_sizes == (1, 4)
+    for b in (1, 4):
+        for j, seed in enumerate((3, 4)):
+            live = speculative_generate(tiny_target, trained if b > 1 else None, PROMPT, b, max_new_tokens=16, temperature=1.0, seed=seed,
+                                        stop_token_ids=[])
+            assert sampled.acceptance_lengths(b, j) == live.stats.acceptance_lengths
+            assert sampled.new_tokens(b, j) == len(live.token_ids)
+    assert sampled.acceptance_lengths(4, 0) != sampled.acceptance_lengths(4, 1)  # a sample: another seed, other cycles
+    profile = DeviceProfile.load(tiny_profile_path)
+    stats = simulate(sampled, profile, 4, seed_index=1)
+    assert stats.acceptance_lengths == sampled.acceptance_lengths(4, 1) and stats.new_tokens == sampled.new_tokens(4, 1)
+    with pytest.raises(ValueError, match="replays its own fixed-block decodes only"):
+        simulate(sampled, profile, lambda state: 4)
+
+
+def test_a_sampled_trace_needs_seeds_and_the_baseline(tiny_target, trained):
+    with pytest.raises(ValueError, match="pass seeds"):
         trace_request(tiny_target, trained, PROMPT, (1, 2), temperature=1.0)
+    with pytest.raises(ValueError, match=r"block sizes \[2, 4\] must include 1"):
+        trace_request(tiny_target, trained, PROMPT, (2, 4), temperature=1.0, seeds=[0])
 
 
 def test_block_size_outside_the_trace_or_the_drafter_is_rejected(tiny_target, trained, trace):
