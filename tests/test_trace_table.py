@@ -204,6 +204,13 @@ def test_trace_collection_resumes_and_loses_nothing(tmp_path):
     assert len(table.done_prompts()) == 3 and table.meta["drafter"] == "smollm2-135m-block"
     with sqlite3.connect(out) as db:
         assert db.execute("SELECT COUNT(DISTINCT prompt_id) FROM observations").fetchone()[0] == 3
+    sampled = [*base[:2], f"out={tmp_path / 't1.sqlite'}", *base[3:], "temperature=1", "seeds=[0,1]", "max_prompts=1"]
+    result = subprocess.run(sampled, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = TraceTable.load(tmp_path / "t1.sqlite")
+    assert table.sampled and table.meta["seeds"] == [0, 1] and len(table.done_prompts()) == 1
+    trace = table.trace(next(iter(table.done_prompts())))
+    assert all(len(trace.cycles[b]) == 2 for b in (1, 4))
 
 
 @pytest.mark.real_model
