@@ -177,6 +177,25 @@ class DecodedSequence:
         return self.tokens[self.prompt_len :]
 
 
+def _kept_rows(
+    tokens: list[int], prompt_len: int, states: torch.Tensor | None, top: tuple[torch.Tensor, torch.Tensor] | None, top_k: int,
+    finished: bool,
+) -> DecodedSequence:
+    """One sequence's kept arrays, full length: `states` of positions 0 .. len - 2 (the last token
+    never went through the target; its row stays zero) and the top-k rows of positions
+    prompt_len - 1 .. len - 2 (`top`: their ids and logits; the rows before stay zero)."""
+    length = len(tokens)
+    features = np.zeros((length, states.shape[-1] if states is not None else 0), dtype=np.float16)
+    if states is not None:
+        features[: length - 1] = states.numpy()
+    k_ids = np.zeros((length, top_k), dtype=np.int32)
+    k_logits = np.zeros((length, top_k), dtype=np.float16)
+    if top is not None:
+        k_ids[prompt_len - 1 : length - 1] = top[0].numpy()
+        k_logits[prompt_len - 1 : length - 1] = top[1].numpy()
+    return DecodedSequence(tokens, prompt_len, features, k_ids, k_logits, finished)
+
+
 @torch.inference_mode()
 def _batched_decode(
     target: Target,
@@ -228,25 +247,20 @@ def _batched_decode(
 
     generated = torch.stack(new_tokens, dim=1).tolist()
     feats = torch.cat(step_feats, dim=1) if step_feats else None  # (batch, width + steps - 1, dim)
+    top_ids, top_logits = (torch.stack(step_ids, dim=1), torch.stack(step_logits, dim=1)) if top_k else (None, None)
     results = []
     for i, prompt in enumerate(prompts):
         response = generated[i]
         ends = [j for j, t in enumerate(response) if t in target.eos_token_ids]
         response = response[: ends[0] + 1] if ends else response
         tokens = list(prompt) + response
-        length, pad = len(tokens), width - len(prompt)
-        # the forward passes saw tokens[:-1]; their states sit at columns pad .. pad + length - 2
-        f = np.zeros((length, feats.shape[-1] if feats is not None else 0), dtype=np.float16)
-        if feats is not None:
-            f[: length - 1] = feats[i, pad : pad + length - 1].numpy()
-        k_ids = np.zeros((length, top_k), dtype=np.int32)
-        k_logits = np.zeros((length, top_k), dtype=np.float16)
-        if top_k:
-            # step s's logits follow position prompt_len - 1 + s
-            rows = len(response)
-            k_ids[len(prompt) - 1 : len(prompt) - 1 + rows] = torch.stack(step_ids, dim=1)[i, :rows].numpy()
-            k_logits[len(prompt) - 1 : len(prompt) - 1 + rows] = torch.stack(step_logits, dim=1)[i, :rows].numpy()
-        results.append(DecodedSequence(tokens, len(prompt), f, k_ids, k_logits, finished=bool(ends)))
+        pad = width - len(prompt)
+        # the forward passes saw tokens[:-1]; their states sit at columns pad .. pad + len(tokens) - 2,
+        # and step s's logits follow position len(prompt) - 1 + s
+        results.append(_kept_rows(
+            tokens, len(prompt), feats[i, pad : pad + len(tokens) - 1] if feats is not None else None,
+            (top_ids[i, : len(response)], top_logits[i, : len(response)]) if top_k else None, top_k, bool(ends),
+        ))
     return results
 
 
@@ -270,18 +284,11 @@ def _teacher_forced(
     stops = set(target.eos_token_ids)
     results = []
     for i, (prompt, seq) in enumerate(zip(prompts, sequences)):
-        length = len(seq)
-        f = np.zeros((length, feats.shape[-1] if feats is not None else 0), dtype=np.float16)
-        if feats is not None:
-            f[: length - 1] = feats[i, : length - 1].numpy()
-        k_ids = np.zeros((length, top_k), dtype=np.int32)
-        k_logits = np.zeros((length, top_k), dtype=np.float16)
-        if top_k:
-            rows = slice(len(prompt) - 1, length - 1)
-            best = out.logits[i, rows.start - first_logit : rows.stop - first_logit].float().topk(top_k, dim=-1)
-            k_ids[rows] = best.indices.int().cpu().numpy()
-            k_logits[rows] = best.values.half().cpu().numpy()
-        results.append(DecodedSequence(seq, len(prompt), f, k_ids, k_logits, finished=len(seq) > len(prompt) and seq[-1] in stops))
+        best = out.logits[i, len(prompt) - 1 - first_logit : len(seq) - 1 - first_logit].float().topk(top_k, dim=-1) if top_k else None
+        results.append(_kept_rows(
+            seq, len(prompt), feats[i, : len(seq) - 1] if feats is not None else None,
+            (best.indices.int().cpu(), best.values.half().cpu()) if top_k else None, top_k, len(seq) > len(prompt) and seq[-1] in stops,
+        ))
     return results
 
 
@@ -333,14 +340,13 @@ def regenerate(
                 return
             order, sequences = [], []
             chunk = todo[start : start + shard_sequences]
-            for batch in length_batches([p for p in chunk if p.id in known], batch_size, batch_tokens):
-                sequences += _teacher_forced(target, [p.token_ids for p in batch], [known[p.id] for p in batch], layer_ids, top_k)
-                order += batch
-                bar.update(len(batch))
-            for batch in length_batches([p for p in chunk if p.id not in known], batch_size, batch_tokens):
-                sequences += _batched_decode(target, [p.token_ids for p in batch], max_new_tokens, batch[0].temperature, generator, layer_ids, top_k)
-                order += batch
-                bar.update(len(batch))
+            for stored in (True, False):  # stored continuations are rebuilt by teacher forcing, the rest decoded
+                for batch in length_batches([p for p in chunk if (p.id in known) == stored], batch_size, batch_tokens):
+                    ids = [p.token_ids for p in batch]
+                    sequences += (_teacher_forced(target, ids, [known[p.id] for p in batch], layer_ids, top_k) if stored else
+                                  _batched_decode(target, ids, max_new_tokens, batch[0].temperature, generator, layer_ids, top_k))
+                    order += batch
+                    bar.update(len(batch))
             write_shard(out_dir / f"{name}-{shard_index:05d}", order, sequences, layer_ids)
             shard_index += 1
 

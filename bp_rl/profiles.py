@@ -384,6 +384,8 @@ def roofline_profile(
     kv_bytes_per_token = layers * 2 * config.num_key_value_heads * head_dim * bytes_per_value
     target_params = sum(p.numel() for p in target.model.parameters())
 
+    middle = contexts[len(contexts) // 2]  # the context batched forwards are modelled at
+
     def seconds(bytes_moved: float, flops: float) -> float:
         return max(bytes_moved / chip.memory_bandwidth, flops / chip.peak_flops) + launch_seconds
 
@@ -399,8 +401,8 @@ def roofline_profile(
         target=target.name, drafter=drafter_name, drafter_hash=drafter_fingerprint(drafter),
         verify={n: {c: target_pass(n, c) for c in contexts} for n in block_sizes}, draft=draft,
         prefill={n: target_pass(n, 0) for n in prompt_lengths}, overhead={b: 0.0 for b in block_sizes}, versions=library_versions(),
-        batched={c: {n: target_pass(n, contexts[len(contexts) // 2], c) for n in block_sizes} for c in sorted(set(concurrencies) | {1})},
-        batched_context=contexts[len(contexts) // 2],
+        batched={c: {n: target_pass(n, middle, c) for n in block_sizes} for c in sorted(set(concurrencies) | {1})},
+        batched_context=middle,
         note=(f"model, not a measurement: roofline of {chip.name} ({chip.memory_bandwidth / 1e12:.2f} TB/s, "
               f"{chip.peak_flops / 1e12:.0f} TFLOP/s dense bf16), {bytes_per_value}-byte weights, {launch_seconds * 1e6:.0f} us launch cost per pass"),
     )

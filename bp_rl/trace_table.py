@@ -15,6 +15,7 @@ re-run skips the prompts already traced.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -25,8 +26,6 @@ from bp_rl import table_file
 from bp_rl.outcomes import TableView
 from bp_rl.profiles import DeviceProfile, simulate
 from bp_rl.prompts import SPLITS, Prompt
-import json
-
 from bp_rl.traces import AcceptanceTrace, SampledTrace
 
 SCHEMA_VERSION = 1

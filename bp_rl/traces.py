@@ -133,7 +133,7 @@ class SampledTrace:
     """Acceptance of one request above T=0: a sample, not an exact table.
 
     `cycles[b][j]`: the committed count of each cycle (bonus included) of a real decode at block size
-    b with sampling seed `seeds[j]`; `new_tokens[b][j]` its new tokens (the prefill commits the first,
+    b with sampling seed `seeds[j]`; `new_tokens(b, j)` its new tokens (the prefill commits the first,
     so they are 1 + the sum of its cycles). Another seed decodes other tokens: averages over seeds
     estimate a block's expected speed, they do not give it exactly.
     """
