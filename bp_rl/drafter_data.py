@@ -386,9 +386,12 @@ def prompt_digest(token_ids: list[int]) -> str:
     return hashlib.sha1(",".join(map(str, token_ids)).encode()).hexdigest()[:12]
 
 
-def write_continuations(path: Path, shard_dir: Path, names: list[str]) -> int:
+def write_continuations(path: Path, shard_dir: Path, names: list[str], carry: Path | None = None) -> int:
     """Every complete shard's target-written tokens as gzipped JSONL (id, temperature, prompt digest,
-    new tokens), atomically; returns how many. This is what a run keeps of its regeneration."""
+    new tokens), atomically; returns how many. This is what a run keeps of its regeneration.
+
+    `carry`: an earlier such file whose rows the shards lack are kept as they are, so a run cut short
+    (or one over part of the manifest) never drops what an earlier run stored."""
     rows = []
     for meta in (meta for name in names for meta in complete_shards(shard_dir, name)):
         tokens = np.load(shard_dir / f"{meta['stem']}.tokens.npy")
@@ -396,6 +399,10 @@ def write_continuations(path: Path, shard_dir: Path, names: list[str]) -> int:
         for j, (pid, temperature, loss_start) in enumerate(zip(meta["ids"], meta["temperatures"], meta["loss_starts"])):
             seq = tokens[offsets[j] : offsets[j + 1]].tolist()
             rows.append({"id": pid, "temperature": temperature, "prompt": prompt_digest(seq[:loss_start]), "new_tokens": seq[loss_start:]})
+    if carry is not None and carry.exists():
+        written = {r["id"] for r in rows}
+        with gzip.open(carry, "rt") as f:
+            rows += [row for row in map(json.loads, f) if row["id"] not in written]
     tmp = path.with_name(path.name + ".tmp")
     with gzip.open(tmp, "wt") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)

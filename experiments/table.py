@@ -84,8 +84,12 @@ def show(path: str, split: str | None, reward: str, block_sizes: list[int] | Non
     lines.append(markdown_table(rows, headers))
     counts = np.bincount(best, minlength=len(view.block_sizes))
     lines += ["", "prompts whose best block is each size: " + ", ".join(f"b{b}: {c}" for b, c in zip(view.block_sizes, counts))]
-    acceptance = view.median(ACCEPTANCE).mean(axis=0)  # the drafter's side of the trade: machine-independent at T=0
-    lines.append("mean acceptance length (tokens per verify pass): " + ", ".join(f"b{b}: {a:.2f}" for b, a in zip(view.block_sizes, acceptance)))
+    acceptance = view.median(ACCEPTANCE)  # the drafter's side of the trade: machine-independent at T=0
+    lines += ["", "mean acceptance length (tokens per verify pass, bonus included; mean over prompts):", markdown_table(
+        [[category, *[f"{a:.2f}" for a in acceptance[view.categories == category if category != "all" else slice(None)].mean(axis=0)]]
+         for category in [*sorted(set(view.categories)), "all"]],
+        ["category", *[f"b{b}" for b in view.block_sizes]],
+    )]
     spreads = [np.std(s[:, TPS]) / np.mean(s[:, TPS]) for row in view.samples for s in row if len(s) > 1]
     if spreads:
         lines.append(

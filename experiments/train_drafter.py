@@ -169,7 +169,7 @@ def build_regenerations(cfg: DictConfig, target: Target, work: Path) -> None:
     regenerate(target, val, shard_dir, "val", **options)
     first = cfg.data.first_prompt % len(train)  # go on with the rows an earlier drafter never saw
     regenerate(target, train[first:] + train[:first], shard_dir, "train", max_minutes=cfg.data.max_minutes, **options)
-    kept = write_continuations(work / "continuations.jsonl.gz", shard_dir, ["train", "val"])
+    kept = write_continuations(work / "continuations.jsonl.gz", shard_dir, ["train", "val"], carry=stored)
     print(f"wrote {kept:,} continuations to {work / 'continuations.jsonl.gz'}")
     for name in ("train", "val"):
         pool = SequencePool(shard_dir, name, options["layer_ids"])

@@ -83,6 +83,12 @@ def test_stored_continuations_rebuild_the_decoded_shards_by_teacher_forcing(tiny
         torch.testing.assert_close(mine.features, theirs.features, rtol=2e-3, atol=2e-3)
         assert (mine.topk_ids[mine.loss_start - 1 : -1] == theirs.topk_ids[theirs.loss_start - 1 : -1]).all()
         torch.testing.assert_close(mine.topk_logits, theirs.topk_logits, rtol=2e-3, atol=2e-3)
+    # a later run over part of the manifest keeps the stored rows it did not redo
+    regenerate(tiny_target, prompts[:1], tmp_path / "partial", "train", **options)
+    merged = tmp_path / "merged.jsonl.gz"
+    assert write_continuations(merged, tmp_path / "partial", ["train"], carry=store) == 3
+    assert read_continuations(merged, prompts) == known
+    assert write_continuations(merged, tmp_path / "partial", ["train"]) == 1  # without carry: this run's rows only
     other = [RegenPrompt("p1", "", [9, 3, 4], "test")]  # the same id, another prompt
     with pytest.raises(ValueError, match="'p1' was made for another prompt or temperature"):
         read_continuations(store, other)

@@ -87,7 +87,8 @@ def test_show_prints_headroom_and_noise_of_a_real_table(tiny_table_path):
 
     text = show()
     assert "| all | 3 |" in text and "prompts whose best block is each size" in text
-    assert re.search(r"mean acceptance length \(tokens per verify pass\): b1: 1\.\d\d, b2: \d\.\d\d, b4: \d\.\d\d", text)
+    acceptance = text.split("mean acceptance length (tokens per verify pass")[1]
+    assert "| category | b1 | b2 | b4 |" in acceptance and re.search(r"\| all \| 1\.00 \| \d\.\d\d \| \d\.\d\d \|", acceptance)
     assert "noise between repeats" in text and "(3 prompts with repeats)" in text
     smaller = show("--block-sizes", "4", "1")
     assert "| AR tok/s | b4 | b1 | grid |" in smaller and "grid block (chosen on train)" in smaller
