@@ -90,6 +90,11 @@ def show(path: str, split: str | None, reward: str, block_sizes: list[int] | Non
          for category in [*sorted(set(view.categories)), "all"]],
         ["category", *[f"b{b}" for b in view.block_sizes]],
     )]
+    if isinstance(table, TraceTable) and not table.sampled:
+        block = max(view.block_sizes)
+        right, auc = first_draft_calibration(table, split, block)
+        lines.append(f"first drafted token at block {block}: right at {right:.1%} of anchors; its top-1 probability "
+                     f"ranks right above wrong with AUC {auc:.3f} (0.5: uninformative)")
     spreads = [np.std(s[:, TPS]) / np.mean(s[:, TPS]) for row in view.samples for s in row if len(s) > 1]
     if spreads:
         lines.append(
@@ -112,6 +117,23 @@ def show(path: str, split: str | None, reward: str, block_sizes: list[int] | Non
     if loads:
         lines.append(f"1-min load average while measuring: median {np.median(loads):.2f}, max {max(loads):.2f}")
     return "\n".join(lines)
+
+
+def first_draft_calibration(table: TraceTable, split: str | None, block: int) -> tuple[float, float]:
+    """How often the first drafted token is accepted, over every anchor of an exact trace table, and how
+    well the drafter's confidence in it predicts that: the AUC (ties count half), what a per-cycle
+    rule that reads the confidence can hope to use."""
+    confidence, right = [], []
+    for prompt_id, _, _ in table.traced_prompts(split):
+        trace = table.trace(prompt_id)
+        confidence += [slots[0] for slots in trace.confidence[block]]
+        right += [accepted >= 1 for accepted in trace.accepted[block]]
+    confidence, right = np.asarray(confidence), np.asarray(right, dtype=bool)
+    wrong = np.sort(confidence[~right])
+    below = np.searchsorted(wrong, confidence[right], side="left")
+    ties = np.searchsorted(wrong, confidence[right], side="right") - below
+    auc = float((below + 0.5 * ties).sum() / max(1, right.sum() * len(wrong)))
+    return float(right.mean()), auc
 
 
 def merge(out: str, inputs: list[str]) -> str:

@@ -187,8 +187,26 @@ def test_table_py_shows_a_trace_table_under_a_profile_only(tiny_traces_path, tin
     result = subprocess.run([*show, "--profile", str(tiny_profile_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "SIMULATED under profile 'tiny-model' (model: model: tiny)" in result.stdout and "| all | 12 |" in result.stdout
+    assert "first drafted token at block" in result.stdout and "ranks right above wrong with AUC" in result.stdout
     result = subprocess.run(show, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "is a trace table: name a device profile (--profile NAME)" in result.stderr
+
+
+def test_first_draft_calibration_counts_every_pair_of_anchors(tiny_traces_path):
+    """The AUC `table.py show` prints equals the share of (right, wrong) anchor pairs whose confidences
+    are ordered right over wrong, ties counting half."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from table import first_draft_calibration
+
+    table = TraceTable.load(tiny_traces_path)
+    block = max(table.block_sizes)
+    right_share, auc = first_draft_calibration(table, None, block)
+    pairs = [(slots[0], accepted >= 1) for pid, _, _ in table.traced_prompts() for slots, accepted in
+             zip(table.trace(pid).confidence[block], table.trace(pid).accepted[block])]
+    right, wrong = [c for c, ok in pairs if ok], [c for c, ok in pairs if not ok]
+    assert right and wrong  # a test of the ranking needs both kinds
+    expected = sum((r > w) + 0.5 * (r == w) for r in right for w in wrong) / (len(right) * len(wrong))
+    assert auc == pytest.approx(expected) and right_share == pytest.approx(len(right) / len(pairs))
 
 
 @pytest.mark.real_model
