@@ -41,7 +41,9 @@ def show(path: str, split: str | None, reward: str, block_sizes: list[int] | Non
         if profile is None:
             raise ValueError(f"{path} is a trace table: name a device profile (--profile NAME); shipped: {shipped_profiles()}")
         rewards = SimulatedRewards(table, DeviceProfile.load(profile))
-        source = [f"exact T=0 acceptance traces of {table.summary()['prompts']} prompts; tokens/s SIMULATED under profile "
+        kind = (f"sampled T={table.temperature:g} traces (a sample: one real decode per block and seed {table.meta['seeds']})"
+                if table.sampled else "exact T=0 acceptance traces")
+        source = [f"{kind} of {table.summary()['prompts']} prompts; tokens/s SIMULATED under profile "
                   f"{rewards.profile.name!r} ({rewards.profile.kind}: {rewards.profile.device})"]
     else:
         if profile is not None:

@@ -153,6 +153,10 @@ def test_sampled_traces_store_one_repeat_per_seed_and_refuse_per_cycle_replay(tm
         env.reset(seed=episode, options={"prompt_index": 0})
         rewards.add(round(env.step(2)[1], 6))
     assert 1 < len(rewards) <= 3
+    show = [sys.executable, str(ROOT / "experiments" / "table.py"), "show", str(tmp_path / "t1.sqlite"), "--profile", str(tiny_profile_path)]
+    result = subprocess.run(show, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "sampled T=1 traces (a sample" in result.stdout and "exact" not in result.stdout and "AUC" not in result.stdout
 
 
 def test_trace_env_passes_the_checkers_and_rewards_the_simulated_speed(tiny_traces_path, tiny_profile_path):
