@@ -201,27 +201,3 @@ def drafts_at_anchors(
     matches[block_of, batch.offsets[drafted_slot] - 1] = hits
     confidence[block_of, batch.offsets[drafted_slot] - 1] = top1.cpu()
     return matches, confidence
-
-
-def estimated_acceptance(
-    drafter: BlockDrafter, embedding: torch.Tensor, vocab: DraftVocabulary, features: torch.Tensor, tokens: torch.Tensor, loss_start: int, block_size: int
-) -> list[int]:
-    """Per-cycle committed counts (bonus included) of a fixed-`block_size` decode of a greedy
-    continuation, from one packed pass over every anchor: at temperature 0 exactly what
-    `speculative_generate(...).stats.acceptance_lengths` gives, as decoding is lossless.
-
-    Only the anchors a decode visits count. Averaging over every anchor instead overstates
-    acceptance: a long easy stretch gives a long acceptance at each of its anchors, but a decode
-    crosses it in a few cycles (drafter v3 at block 16: 2.33 that way on its val continuations; exactly
-    1.98 on the val split's traces)."""
-    # the prefill commits token `loss_start`: the first cycle is anchored there
-    anchors = torch.arange(max(1, loss_start), len(tokens) - 1)
-    if len(anchors) == 0:
-        return []
-    matches, _ = drafts_at_anchors(drafter, embedding, vocab, features, tokens, anchors, block_size)
-    per_anchor = (1 + matches.long().cumprod(dim=1).sum(dim=1)).tolist()
-    cycles, anchor = [], int(anchors[0])
-    while anchor < len(tokens) - 1:
-        cycles.append(min(per_anchor[anchor - int(anchors[0])], len(tokens) - 1 - anchor))
-        anchor += cycles[-1]
-    return cycles

@@ -73,9 +73,11 @@ def show(path: str, split: str | None, reward: str, block_sizes: list[int] | Non
         "",
     ]
     headers = ["category", "prompts", "AR tok/s", *[f"b{b}" for b in view.block_sizes], "grid", "best", "headroom best/grid-1", "best≠grid"]
-    rows = []
+    acceptance = view.median(ACCEPTANCE)  # the drafter's side of the trade: machine-independent at T=0
+    rows, acceptance_rows = [], []
     for category in [*sorted(set(view.categories)), "all"]:
         mask = np.ones(len(view), bool) if category == "all" else view.categories == category
+        acceptance_rows.append([category, *[f"{a:.2f}" for a in acceptance[mask].mean(axis=0)]])
         per_prompt_best = tps[mask][np.arange(mask.sum()), best[mask]]
         grid_tps, best_tps = tps[mask, grid].mean(), per_prompt_best.mean()
         rows.append(
@@ -86,12 +88,8 @@ def show(path: str, split: str | None, reward: str, block_sizes: list[int] | Non
     lines.append(markdown_table(rows, headers))
     counts = np.bincount(best, minlength=len(view.block_sizes))
     lines += ["", "prompts whose best block is each size: " + ", ".join(f"b{b}: {c}" for b, c in zip(view.block_sizes, counts))]
-    acceptance = view.median(ACCEPTANCE)  # the drafter's side of the trade: machine-independent at T=0
-    lines += ["", "mean acceptance length (tokens per verify pass, bonus included; mean over prompts):", markdown_table(
-        [[category, *[f"{a:.2f}" for a in acceptance[view.categories == category if category != "all" else slice(None)].mean(axis=0)]]
-         for category in [*sorted(set(view.categories)), "all"]],
-        ["category", *[f"b{b}" for b in view.block_sizes]],
-    )]
+    lines += ["", "mean acceptance length (tokens per verify pass, bonus included; mean over prompts):",
+              markdown_table(acceptance_rows, ["category", *[f"b{b}" for b in view.block_sizes]])]
     if isinstance(table, TraceTable) and not table.sampled:
         block = max(view.block_sizes)
         right, auc = first_draft_calibration(table, split, block)

@@ -36,12 +36,13 @@ from tqdm import tqdm
 from build_prompts import math_prompts  # the suite's own generator of arithmetic and word problems
 from bp_rl import BlockDrafter, Target, load_drafter, load_target, speculative_generate
 from bp_rl.block_drafter import spread_layer_ids
-from bp_rl.drafter_training import DraftVocabulary, block_loss, estimated_acceptance, sample_blocks
+from bp_rl.drafter_training import DraftVocabulary, block_loss, sample_blocks
 from bp_rl.drafter_data import (
     RegenPrompt, SequencePool, complete_shards, deduplicate, draft_vocabulary, offline_code_prompts, offline_prose_prompts, read_continuations,
     read_prompt_list, regenerate, self_written_user_turns, write_continuations, write_prompt_list,
 )
 from bp_rl.prompts import chat_prompt, load_prompts, render_prompt
+from bp_rl.traces import estimated_acceptance
 from bp_rl.timing import device_name
 
 STAGES = ("prompts", "regenerate", "train", "export")

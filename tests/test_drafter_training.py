@@ -9,7 +9,8 @@ from torch.nn import functional as F
 from drafters import greedy_sequence, overfit_drafter, target_features
 
 from bp_rl import BlockDrafter, speculative_generate
-from bp_rl.drafter_training import DraftVocabulary, block_loss, estimated_acceptance, sample_blocks
+from bp_rl.drafter_training import DraftVocabulary, block_loss, sample_blocks
+from bp_rl.traces import estimated_acceptance
 
 
 def test_packed_blocks_match_one_block_at_a_time(tiny_target):
