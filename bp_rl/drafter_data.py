@@ -5,7 +5,7 @@ many prompts, never raw text labels. The pipeline:
 
 1. prompts: the prompt suite's training split, user turns the target writes itself (the chat
    template's user prefix alone, sampled, deduplicated), and continuation prompts cut from offline
-   text (`offline_code_prompts`, `offline_prose_prompts`); `deduplicate` drops repeats and anything
+   text (`offline_code_prompts`, `offline_prose_prompts`, `offline_doc_prompts`); `deduplicate` drops repeats and anything
    equal to a held-out prompt;
 2. `regenerate`: batched target decoding (greedy or sampled) that keeps, from the same passes, the
    target's hidden states at the drafter's layers and its top-k logits at every position: the
@@ -114,16 +114,39 @@ def offline_code_prompts(files: list[Path], limit: int, rng: random.Random, max_
     return found[:limit]
 
 
-def offline_prose_prompts(files: list[Path], limit: int, rng: random.Random, min_chars: int = 200) -> list[tuple[str, str]]:
-    """(text, source) prose-continuation prompts: a docstring paragraph cut after about half its words."""
+def cut_paragraphs(texts: Iterable[tuple[str, str]], min_chars: int = 200, cut: float = 0.5) -> list[tuple[str, str]]:
+    """(the first `cut` of a paragraph's words, source) for every paragraph of `min_chars` or more
+    without doctest lines, over (text, source) pairs: prose to continue."""
+    if not 0 < cut < 1:
+        raise ValueError(f"cut is the share of a paragraph's words kept as the prompt, in (0, 1); got {cut}")
     found = []
-    for path in files:
-        for _, doc in python_functions(path):
-            for para in doc.split("\n\n"):
-                para = " ".join(para.split())
-                if len(para) >= min_chars and ">>>" not in para:
-                    words = para.split()
-                    found.append((" ".join(words[: len(words) // 2]), path.name))
+    for text, source in texts:
+        for para in text.split("\n\n"):
+            para = " ".join(para.split())
+            if len(para) >= min_chars and ">>>" not in para:
+                words = para.split()
+                found.append((" ".join(words[: int(len(words) * cut)]), source))
+    return found
+
+
+def offline_prose_prompts(
+    files: list[Path], limit: int, rng: random.Random, min_chars: int = 200, cut: float = 0.5
+) -> list[tuple[str, str]]:
+    """(text, source) prose-continuation prompts: a docstring paragraph cut after `cut` of its words."""
+    found = cut_paragraphs(((doc, path.name) for path in files for _, doc in python_functions(path)), min_chars, cut)
+    rng.shuffle(found)
+    return found[:limit]
+
+
+def offline_doc_prompts(limit: int, rng: random.Random, min_chars: int = 200) -> list[tuple[str, str]]:
+    """(text, source) prose-continuation prompts from Python's reference documentation as pydoc ships
+    it (`pydoc_data.topics`, PSF-2.0): each paragraph cut after about half its words; indented
+    paragraphs (grammar rules, code examples) are not prose and are skipped."""
+    from pydoc_data.topics import topics
+
+    prose = (("\n\n".join(p for p in text.split("\n\n") if not p.startswith(" ")), f"pydoc_data topic {name!r}")
+             for name, text in sorted(topics.items()))
+    found = cut_paragraphs(prose, min_chars)
     rng.shuffle(found)
     return found[:limit]
 

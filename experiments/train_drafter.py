@@ -23,6 +23,7 @@ import json
 import math
 import os
 import random
+import re
 import sysconfig
 import time
 from pathlib import Path
@@ -38,14 +39,15 @@ from bp_rl import BlockDrafter, Target, load_drafter, load_target, speculative_g
 from bp_rl.block_drafter import spread_layer_ids
 from bp_rl.drafter_training import DraftVocabulary, block_loss, sample_blocks
 from bp_rl.drafter_data import (
-    RegenPrompt, SequencePool, complete_shards, deduplicate, draft_vocabulary, offline_code_prompts, offline_prose_prompts, read_continuations,
-    read_prompt_list, regenerate, self_written_user_turns, write_continuations, write_prompt_list,
+    RegenPrompt, SequencePool, complete_shards, deduplicate, draft_vocabulary, offline_code_prompts, offline_doc_prompts, offline_prose_prompts,
+    read_continuations, read_prompt_list, regenerate, self_written_user_turns, write_continuations, write_prompt_list,
 )
 from bp_rl.prompts import chat_prompt, load_prompts, render_prompt
 from bp_rl.traces import estimated_acceptance
 from bp_rl.timing import device_name
 
 STAGES = ("prompts", "regenerate", "train", "export")
+ROUND_ID = re.compile(r"r\d+/")  # the id prefix of rows a later data.round appended
 
 
 # --- logs ----------------------------------------------------------------------------------------
@@ -96,50 +98,75 @@ def text_files_allowed(suite: str) -> list[Path]:
     return files
 
 
-def build_prompts(cfg: DictConfig, target: Target, work: Path) -> None:
-    """The regeneration manifests `prompts-train.jsonl` and `prompts-val.jsonl` (each written once, atomically).
+def source_of(prompt_id: str) -> str:
+    """A manifest row's source ("suite", "self", "code", ...), whichever round appended it."""
+    return prompt_id.split("/")[1 if ROUND_ID.match(prompt_id) else 0]
 
-    Training: the suite's training split (greedy and sampled), user turns the target writes itself,
-    fresh problems from the suite's math generator, and continuation prompts cut from stdlib files no
-    val/test prompt came from; all deduplicated and none equal to a val/test prompt. Validation: greedy, the suite's val split, monitoring only.
+
+def extra_prompts(cfg: DictConfig, target: Target, files: list[Path], seed: int, id_prefix: str = "") -> list[RegenPrompt]:
+    """Prompts beyond the suite: user turns the target writes itself, continuation prompts cut from
+    stdlib files, fresh math problems; a share marked for sampling; shuffled so a run cut short still
+    covers every source. `seed` picks them, so a later round (another seed) adds new ones."""
+    rng = random.Random(seed)
+    tok = target.tokenizer
+    extra: list[RegenPrompt] = []
+    for i, text in enumerate(self_written_user_turns(target, cfg.data.user_turns, seed, batch_size=cfg.data.gen_batch_size)):
+        extra.append(RegenPrompt(f"{id_prefix}self/{i}", text, target.encode(chat_prompt(text, tok)).tolist(), "written by the target"))
+    for i, (text, source) in enumerate(offline_code_prompts(files, cfg.data.code_prompts, rng)):
+        extra.append(RegenPrompt(f"{id_prefix}code/{i}", text, target.encode(text).tolist(), f"stdlib {source}"))
+    for i, (text, source) in enumerate(offline_prose_prompts(files, cfg.data.prose_prompts, rng, cut=cfg.data.prose_cut)):
+        extra.append(RegenPrompt(f"{id_prefix}prose/{i}", text, target.encode(text).tolist(), f"stdlib {source}"))
+    fresh_math = [q for _ in range(math.ceil(cfg.data.math_prompts / 160)) for q in math_prompts(rng)][: cfg.data.math_prompts]
+    for i, q in enumerate(fresh_math):  # the suite's own generator, new numbers (val/test texts are dropped by the caller)
+        extra.append(RegenPrompt(f"{id_prefix}math/{i}", q.text, target.encode(chat_prompt(q.text, tok)).tolist(), q.source))
+    if cfg.data.doc_prompts:  # only when asked: drawing from rng would change the manifest an earlier run built
+        for i, (text, source) in enumerate(offline_doc_prompts(cfg.data.doc_prompts, rng)):
+            extra.append(RegenPrompt(f"{id_prefix}docs/{i}", text, target.encode(text).tolist(), source))
+    for p in extra:
+        p.temperature = 1.0 if rng.random() < cfg.data.sampled_fraction else 0.0
+    rng.shuffle(extra)
+    return extra
+
+
+def build_prompts(cfg: DictConfig, target: Target, work: Path) -> None:
+    """The regeneration manifests `prompts-train.jsonl` and `prompts-val.jsonl` (written atomically).
+
+    Training: the suite's training split (greedy and sampled) and the extra prompts of round 0; each
+    `data.round` k > 0 appends round k's extra prompts once (seed + k), so the data grows over runs
+    while every earlier row, and its stored continuation, stays. All deduplicated and none equal to a
+    val/test prompt. Validation: greedy, the suite's val split, monitoring only.
     """
     train_path, val_path = work / "prompts-train.jsonl", work / "prompts-val.jsonl"
-    rng = random.Random(cfg.train.seed)
     tok = target.tokenizer
     held_out = [p.text for p in load_prompts(cfg.data.suite) if p.split != "train"]
     if not val_path.exists():
         val = load_prompts(cfg.data.suite, split="val")
         val = val[:: max(1, len(val) // cfg.data.val_prompts)][: cfg.data.val_prompts]  # every category
         write_prompt_list(val_path, [RegenPrompt(f"val/{p.id}", p.text, target.encode(render_prompt(p, tok)).tolist(), p.id) for p in val])
-    if train_path.exists():
-        return
-    suite = load_prompts(cfg.data.suite, split="train")[: cfg.data.max_train_prompts]
+    if cfg.data.round < 0:
+        raise ValueError(f"data.round must be 0 (the first manifest) or a positive round to append, got {cfg.data.round}")
     files = text_files_allowed(cfg.data.suite)
-    rows: list[RegenPrompt] = []
-    for p in suite:
-        ids = target.encode(render_prompt(p, tok)).tolist()
-        rows += [RegenPrompt(f"suite/{p.id}@t{t:g}", p.text, ids, p.id, float(t)) for t in cfg.data.suite_temperatures]
-    extra: list[RegenPrompt] = []
-    for i, text in enumerate(self_written_user_turns(target, cfg.data.user_turns, cfg.train.seed, batch_size=cfg.data.gen_batch_size)):
-        extra.append(RegenPrompt(f"self/{i}", text, target.encode(chat_prompt(text, tok)).tolist(), "written by the target"))
-    for i, (text, source) in enumerate(offline_code_prompts(files, cfg.data.code_prompts, rng)):
-        extra.append(RegenPrompt(f"code/{i}", text, target.encode(text).tolist(), f"stdlib {source}"))
-    for i, (text, source) in enumerate(offline_prose_prompts(files, cfg.data.prose_prompts, rng)):
-        extra.append(RegenPrompt(f"prose/{i}", text, target.encode(text).tolist(), f"stdlib {source}"))
-    fresh_math = [q for _ in range(math.ceil(cfg.data.math_prompts / 160)) for q in math_prompts(rng)][: cfg.data.math_prompts]
-    for i, q in enumerate(fresh_math):  # the suite's own generator, new numbers (val/test texts are dropped below)
-        extra.append(RegenPrompt(f"math/{i}", q.text, target.encode(chat_prompt(q.text, tok)).tolist(), q.source))
-    for p in extra:  # a share of the extra prompts is sampled, for temperature-1 decoding
-        p.temperature = 1.0 if rng.random() < cfg.data.sampled_fraction else 0.0
-    rng.shuffle(extra)  # a run cut short still covers every source
-    rows = deduplicate(rows + extra, held_out)
-    rows = [p for p in rows if len(p.token_ids) + cfg.data.gen_max_new_tokens <= cfg.data.seq_len]
+    rows = read_prompt_list(train_path) if train_path.exists() else []
+    prefix = f"r{cfg.data.round}/" if cfg.data.round else ""
+    if not rows:
+        for p in load_prompts(cfg.data.suite, split="train")[: cfg.data.max_train_prompts]:
+            ids = target.encode(render_prompt(p, tok)).tolist()
+            rows += [RegenPrompt(f"suite/{p.id}@t{t:g}", p.text, ids, p.id, float(t)) for t in cfg.data.suite_temperatures]
+        rows = deduplicate(rows + extra_prompts(cfg, target, files, cfg.train.seed), held_out)
+        rows = new = [p for p in rows if len(p.token_ids) + cfg.data.gen_max_new_tokens <= cfg.data.seq_len]
+    if prefix and not any(p.id.startswith(prefix) for p in rows):
+        added = extra_prompts(cfg, target, files, cfg.train.seed + cfg.data.round, prefix)
+        new = [p for p in deduplicate(rows + added, held_out) if p.id.startswith(prefix)]  # earlier rows win
+        new = [p for p in new if len(p.token_ids) + cfg.data.gen_max_new_tokens <= cfg.data.seq_len]
+        rows = rows + new
+    elif train_path.exists():
+        return
     write_prompt_list(train_path, rows)
     counts: dict[str, int] = {}
-    for p in rows:
-        key = p.id.split("/")[0] + f"@t{p.temperature:g}"
+    for p in new:
+        key = f"{source_of(p.id)}@t{p.temperature:g}"
         counts[key] = counts.get(key, 0) + 1
-    print(f"regeneration prompts: {len(rows)} {counts}")
+    print(f"regeneration prompts added (round {cfg.data.round}): {len(new)} {counts}; {len(rows)} in the manifest")
 
 
 # --- 2. regenerate ---------------------------------------------------------------------------------
@@ -364,7 +391,7 @@ def export(cfg: DictConfig, target: Target, work: Path) -> None:
 
 def source_counts(pool: SequencePool, manifest: list[RegenPrompt]) -> dict[str, tuple[int, int]]:
     """(sequences, target-written tokens) per prompt source and temperature, over the regenerated shards."""
-    kind = {p.id: f"{p.id.split('/')[0]} T={p.temperature:g}" for p in manifest}
+    kind = {p.id: f"{source_of(p.id)} T={p.temperature:g}" for p in manifest}
     counts: dict[str, list[int]] = {}
     for meta in complete_shards(pool.shard_dir, "train"):
         offsets = meta["offsets"]
@@ -381,6 +408,7 @@ SOURCE_NAMES = {
     "math": "fresh problems from the suite's math generator (val/test texts excluded)",
     "code": "stdlib function signatures + docstrings (PSF-2.0; files behind val/test prompts excluded)",
     "prose": "stdlib docstring paragraphs cut mid-way (PSF-2.0; same exclusion)",
+    "docs": "paragraphs of Python's reference documentation as pydoc ships it (pydoc_data.topics, PSF-2.0), cut mid-way",
 }
 
 

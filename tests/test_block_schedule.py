@@ -170,6 +170,28 @@ def test_the_live_schedule_env_decodes_what_speculative_generate_decodes(smollm2
         BlockScheduleEnv(env.backend, concurrency=4)
 
 
+def test_compare_schedules_prints_each_seeds_gap_closed():
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from compare_schedules import report
+
+    def seed(grid, best, ppo):
+        return {name: {"tokens_per_second": tps, "speedup": 1.0} for name, tps in
+                [("per-request grid", grid), ("per-request best (bound)", best), ("per-request ppo", ppo)]}
+
+    def gaps(text):
+        table = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")]
+        return {row[0]: row[table[0].index("gap closed (per seed)")] for row in table[1:]}
+
+    model = SimpleNamespace(kind="model")
+    assert gaps(report([seed(10, 12, 11), seed(10, 14, 13)], model)) == {
+        "per-request grid": "0.00 / 0.00", "per-request best (bound)": "1.00 / 1.00", "per-request ppo": "0.50 / 0.75"}
+    assert gaps(report([seed(10, 12, 11), seed(10, 10, 9)], model))["per-request ppo"] == ""  # no gap on a seed: nothing to close
+
+
 def test_compare_schedules_reports_every_policy_and_the_replay_check(tiny_traces_path, tiny_profile_path, tmp_path):
     import sys
     from pathlib import Path

@@ -11,8 +11,8 @@ import torch
 
 from bp_rl import autoregressive_generate
 from bp_rl.drafter_data import (
-    RegenPrompt, SequencePool, complete_shards, deduplicate, draft_vocabulary, python_functions, read_continuations, regenerate,
-    write_continuations,
+    RegenPrompt, SequencePool, complete_shards, cut_paragraphs, deduplicate, draft_vocabulary, offline_doc_prompts, python_functions,
+    read_continuations, regenerate, write_continuations,
 )
 
 PROMPTS = [[5, 6, 7], [9, 3, 4, 8, 10, 12], [20, 21]]
@@ -116,6 +116,23 @@ def test_python_functions_cut_at_the_docstring(tmp_path):
     source.write_text('def f(x):\n    """Double x.\n\n    Long text here."""\n    return 2 * x\n\n\ndef g():\n    pass\n')
     [(head, doc)] = list(python_functions(source))
     assert head == 'def f(x):\n    """Double x.\n\n    Long text here."""\n' and doc.startswith("Double x.")
+
+
+def test_paragraphs_are_cut_for_continuation():
+    text = "one two three four five six seven eight\n\nshort\n\n>>> doctest lines are no prose at all, skipped"
+    assert cut_paragraphs([(text, "src")], min_chars=20) == [("one two three four", "src")]
+    assert cut_paragraphs([(text, "src")], min_chars=20, cut=0.25) == [("one two", "src")]
+    with pytest.raises(ValueError, match="in \\(0, 1\\); got 1.5"):
+        cut_paragraphs([(text, "src")], cut=1.5)
+
+
+def test_doc_prompts_are_prose_from_pydoc_topics():
+    import random
+
+    found = offline_doc_prompts(50, random.Random(0))
+    assert len(found) == 50 and len(set(found)) == 50
+    assert all(source.startswith("pydoc_data topic ") and len(text) >= 90 for text, source in found)
+    assert not any("::=" in text for text, _ in found)  # grammar rules are indented in the docs: skipped
 
 
 def test_length_batches_bound_padding_and_keep_one_temperature():

@@ -94,6 +94,25 @@ def test_stages_resume_and_export(tmp_path, smollm2):
     assert len(list((tmp_path / "work" / "train" / "main").glob("train_log.before-*.jsonl"))) == 1
 
 
+def test_a_later_round_appends_new_prompts_once(tmp_path, smollm2):
+    manifest = tmp_path / "work" / "prompts-train.jsonl"
+    assert run(tmp_path, "stage=prompts").returncode == 0
+    first = manifest.read_text().splitlines()
+    grown = run(tmp_path, "stage=prompts", "data.round=1")
+    assert grown.returncode == 0, grown.stderr[-3000:]
+    rows = manifest.read_text().splitlines()
+    assert rows[: len(first)] == first  # every earlier row, in order: its stored continuation still applies
+    added = [json.loads(line) for line in rows[len(first) :]]
+    assert added and all(row["id"].startswith("r1/") for row in added)
+    seen = {(row["temperature"], *row["token_ids"]) for row in map(json.loads, first)}
+    assert not any((row["temperature"], *row["token_ids"]) in seen for row in added)
+    assert "regeneration prompts added (round 1)" in grown.stdout
+    assert run(tmp_path, "stage=prompts", "data.round=1").returncode == 0
+    assert manifest.read_text().splitlines() == rows  # appended once
+    bad = run(tmp_path, "stage=prompts", "data.round=-1")
+    assert bad.returncode != 0 and "data.round must be 0" in bad.stderr
+
+
 def test_train_block_larger_than_drafter_is_rejected(tmp_path):
     bad = run(tmp_path, "stage=train", "train.block_size=32")
     assert bad.returncode != 0 and "train.block_size (32) exceeds drafter.block_size (16)" in bad.stderr
