@@ -37,7 +37,7 @@ from bp_rl.profiles import DeviceProfile, default_profile, simulate
 from bp_rl.schedules import ACTION_SETS, action_set, assistant_schedule, confidence_schedule, optimal_schedule
 from bp_rl.trace_table import SimulatedRewards, TraceTable
 from bp_rl.traces import as_action
-from envs import make_schedule_env, make_trace_env
+from envs import DEFAULT_TRACES, make_schedule_env, make_trace_env
 from envs.block_schedule import BlockScheduleEnv, CyclesAsEpisodes
 from reporting import markdown_table
 
@@ -172,7 +172,7 @@ def report(summaries_by_seed: list[dict[str, dict]], profile: DeviceProfile) -> 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--traces", default="smollm2-135m-block-traces", help="a trace table (name or path)")
+    parser.add_argument("--traces", default=DEFAULT_TRACES, help="a trace table (name or path)")
     parser.add_argument("--profiles", nargs="+", default=None,
                         help="profile names or paths (default: this machine's measured profile, its flat model, roofline-h200)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])

@@ -120,12 +120,14 @@ def main(cfg: DictConfig) -> None:
     agent_class(cfg.agent.name)  # fail fast on an unknown agent, before loading anything
     seed_everything(cfg.seed)
 
-    expect = {"target": cfg.model.target, "drafter": cfg.model.drafter}
+    # model.drafter null: whichever drafter the rewards were measured with (a name checks that they were)
+    expect = {"target": cfg.model.target} | ({"drafter": cfg.model.drafter} if cfg.model.drafter is not None else {})
     if cfg.env.backend == "trace":
         table = simulated_rewards(cfg.env.traces, cfg.env.profile, expect, cfg.env.concurrency)
         print(f"rewards SIMULATED from the traces {table.path.name} under profile {table.profile.name!r} ({table.profile.kind}: {table.profile.device})")
     else:
         table = RewardTable.load(cfg.env.table, expect=expect)
+    expect["drafter"] = cfg.model.drafter = table.meta["drafter"]  # an eval_table must be the same drafter's
     eval_table = table if cfg.env.get("eval_table") is None else RewardTable.load(cfg.env.eval_table, expect=expect)
     if eval_table.block_sizes != table.block_sizes:
         raise ValueError(

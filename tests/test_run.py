@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "experiments" / "conf"
 AGENT_CONFIGS = sorted(p.stem for p in (CONF / "agent").glob("*.yaml") if p.stem != "plugin")
-TINY = ["model.target=tiny-llama", "model.drafter=tiny", "env.feature_set=last_hidden+logit_stats", "budget=128", "fixed_block_size=4"]
+TINY = ["env=table", "model.target=tiny-llama", "model.drafter=tiny", "env.feature_set=last_hidden+logit_stats", "budget=128", "fixed_block_size=4"]
 FAST = {
     "ppo": ["agent.n_steps=32", "agent.batch_size=16", "agent.eval_every=64"],
     "oracle": ["agent.epochs=50"],
@@ -134,7 +134,7 @@ def test_bad_overrides_fail_with_a_message(override, message, tiny_table_path, t
     assert message in result.stderr, result.stderr[-2000:]
 
 
-@pytest.mark.parametrize("group, options", [("agent", AGENT_CONFIGS), ("env", ["table", "live"]), ("model", ["smollm2-135m", "qwen3-4b-dflash"])])
+@pytest.mark.parametrize("group, options", [("agent", AGENT_CONFIGS), ("env", ["table", "trace", "live"]), ("model", ["smollm2-135m", "qwen3-4b-dflash"])])
 def test_every_config_composes(group, options):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for option in options:

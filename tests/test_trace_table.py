@@ -176,14 +176,20 @@ def test_trace_env_passes_the_checkers_and_rewards_the_simulated_speed(tiny_trac
 
 def test_run_py_trains_and_evaluates_on_traces(tiny_traces_path, tiny_profile_path, tmp_path):
     overrides = ["env=trace", f"env.traces={tiny_traces_path}", f"env.profile={tiny_profile_path}", "agent=linucb",
-                 "model.target=tiny-llama", "model.drafter=tiny", f"env.feature_set={FEATURES}", "budget=128", "fixed_block_size=4",
-                 f"hydra.run.dir={tmp_path}"]
-    result = subprocess.run([sys.executable, str(ROOT / "experiments" / "run.py"), *overrides], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600, env={"WANDB_MODE": "disabled", "PATH": "/usr/bin:/bin"})
+                 "model.target=tiny-llama", f"env.feature_set={FEATURES}", "budget=128", "fixed_block_size=4", f"hydra.run.dir={tmp_path}"]
+
+    def run_py(*more):
+        return subprocess.run([sys.executable, str(ROOT / "experiments" / "run.py"), *overrides, *more], cwd=ROOT, capture_output=True,
+                              text=True, timeout=600, env={"WANDB_MODE": "disabled", "PATH": "/usr/bin:/bin"})
+
+    result = run_py()  # model.drafter unset: the traces' own
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["env"] == "trace" and results["profile"] == "tiny-model" and set(results["references"]) >= {"grid", "best"}
     assert "rewards SIMULATED from the traces tiny-traces.sqlite under profile 'tiny-model'" in result.stdout
+    assert "drafter: tiny\n" in (tmp_path / "config.yaml").read_text()
+    other = run_py("model.drafter=smollm2-135m-block")
+    assert other.returncode != 0 and "drafter: table has 'tiny', asked for 'smollm2-135m-block'" in other.stderr
 
 
 def test_table_py_shows_a_trace_table_under_a_profile_only(tiny_traces_path, tiny_profile_path):
