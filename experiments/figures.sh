@@ -35,7 +35,7 @@ done
 sweep() {  # sweep NAME OVERRIDES...: a 3-seed multirun and its report
   local name=$1; shift
   rm -rf "$OUT/$name"
-  $PY experiments/run.py -m "$@" hydra.sweep.dir="$OUT/$name" > "$OUT/$name.log" 2>&1
+  $PY experiments/run.py -m env=table "$@" hydra.sweep.dir="$OUT/$name" > "$OUT/$name.log" 2>&1  # the measured tables
   $PY experiments/report.py "$OUT/$name" > /dev/null
   echo "$OUT/$name/report.md"
 }
