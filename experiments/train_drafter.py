@@ -407,7 +407,7 @@ SOURCE_NAMES = {
     "self": "user turns written by the target itself (chat template's user prefix, sampled, deduplicated)",
     "math": "fresh problems from the suite's math generator (val/test texts excluded)",
     "code": "stdlib function signatures + docstrings (PSF-2.0; files behind val/test prompts excluded)",
-    "prose": "stdlib docstring paragraphs cut mid-way (PSF-2.0; same exclusion)",
+    "prose": "stdlib docstring paragraphs cut part-way (`data.prose_cut`; PSF-2.0; same exclusion)",
     "docs": "paragraphs of Python's reference documentation as pydoc ships it (pydoc_data.topics, PSF-2.0), cut mid-way",
 }
 
