@@ -134,7 +134,7 @@ def test_a_plugin_package_registers_an_agent_by_entry_point(tmp_path, tiny_table
     assert result.stdout.split()[:2] == ["True", "bp_rl_knn_agent"]
     # and by name on the command line, with no config file for it in this repository
     run = subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "run.py"), "agent=knn", "+agent.k=3", f"env.table={tiny_table_path}",
+        [sys.executable, str(ROOT / "experiments" / "run.py"), "agent=knn", "+agent.k=3", "env=table", f"env.table={tiny_table_path}",
          "model.target=tiny-llama", "model.drafter=tiny", "env.feature_set=last_hidden", "fixed_block_size=4",
          f"hydra.run.dir={tmp_path / 'run'}"],
         env={**os.environ, "PYTHONPATH": str(tmp_path / "site"), "WANDB_MODE": "disabled"}, capture_output=True, text=True, cwd=ROOT,
