@@ -25,7 +25,7 @@ from bp_rl.trace_table import SimulatedRewards, TraceTable
 from envs.backends import Backend, LiveBackend, TableBackend, TraceBackend
 
 DEFAULT_TABLE = "smollm2-135m-block-t0"
-DEFAULT_TRACES = "smollm2-135m-block-v3-traces"
+DEFAULT_TRACES = "smollm2-135m-block-v4-traces"
 
 
 class BlockSizeEnv(gym.Env):
