@@ -147,26 +147,28 @@ def build_prompts(cfg: DictConfig, target: Target, work: Path) -> None:
         raise ValueError(f"data.round must be 0 (the first manifest) or a positive round to append, got {cfg.data.round}")
     files = text_files_allowed(cfg.data.suite)
     rows = read_prompt_list(train_path) if train_path.exists() else []
-    prefix = f"r{cfg.data.round}/" if cfg.data.round else ""
+    rounds: list[tuple[int, list[RegenPrompt]]] = []  # the rounds this manifest lacks, with their prompts
     if not rows:
+        first: list[RegenPrompt] = []
         for p in load_prompts(cfg.data.suite, split="train")[: cfg.data.max_train_prompts]:
             ids = target.encode(render_prompt(p, tok)).tolist()
-            rows += [RegenPrompt(f"suite/{p.id}@t{t:g}", p.text, ids, p.id, float(t)) for t in cfg.data.suite_temperatures]
-        rows = deduplicate(rows + extra_prompts(cfg, target, files, cfg.train.seed), held_out)
-        rows = new = [p for p in rows if len(p.token_ids) + cfg.data.gen_max_new_tokens <= cfg.data.seq_len]
-    if prefix and not any(p.id.startswith(prefix) for p in rows):
-        added = extra_prompts(cfg, target, files, cfg.train.seed + cfg.data.round, prefix)
-        new = [p for p in deduplicate(rows + added, held_out) if p.id.startswith(prefix)]  # earlier rows win
-        new = [p for p in new if len(p.token_ids) + cfg.data.gen_max_new_tokens <= cfg.data.seq_len]
+            first += [RegenPrompt(f"suite/{p.id}@t{t:g}", p.text, ids, p.id, float(t)) for t in cfg.data.suite_temperatures]
+        rounds.append((0, first + extra_prompts(cfg, target, files, cfg.train.seed)))
+    prefix = f"r{cfg.data.round}/"
+    if cfg.data.round and not any(p.id.startswith(prefix) for p in rows):
+        rounds.append((cfg.data.round, extra_prompts(cfg, target, files, cfg.train.seed + cfg.data.round, prefix)))
+    for number, added in rounds:
+        fresh = {p.id for p in added}
+        new = [p for p in deduplicate(rows + added, held_out)  # earlier rows win
+               if p.id in fresh and len(p.token_ids) + cfg.data.gen_max_new_tokens <= cfg.data.seq_len]
         rows = rows + new
-    elif train_path.exists():
-        return
-    write_prompt_list(train_path, rows)
-    counts: dict[str, int] = {}
-    for p in new:
-        key = f"{source_of(p.id)}@t{p.temperature:g}"
-        counts[key] = counts.get(key, 0) + 1
-    print(f"regeneration prompts added (round {cfg.data.round}): {len(new)} {counts}; {len(rows)} in the manifest")
+        counts: dict[str, int] = {}
+        for p in new:
+            key = f"{source_of(p.id)}@t{p.temperature:g}"
+            counts[key] = counts.get(key, 0) + 1
+        print(f"regeneration prompts added (round {number}): {len(new)} {counts}; {len(rows)} in the manifest")
+    if rounds:
+        write_prompt_list(train_path, rows)
 
 
 # --- 2. regenerate ---------------------------------------------------------------------------------
