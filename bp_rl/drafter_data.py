@@ -343,11 +343,14 @@ def regenerate(
     seed: int = 0,
     max_minutes: float | None = None,
     known: dict[str, list[int]] | None = None,
+    teacher_autocast: torch.dtype | None = None,
 ) -> None:
     """Regenerate `prompts` (each at its own temperature) into shards `out_dir/name-*`, in order;
     resumes after the last complete shard (a prompt is done once its id is in a shard's meta).
     `known` (prompt id -> continuation, from `read_continuations`) are rebuilt by teacher forcing,
-    not decoded again."""
+    not decoded again; `teacher_autocast` (e.g. torch.bfloat16) runs those rebuilds in mixed
+    precision: the labels are the stored tokens either way, only the states and soft labels carry
+    its rounding. Decoding always runs in the target's own dtype, so continuations stay its own."""
     known = known or {}
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = complete_shards(out_dir, name)
@@ -366,8 +369,11 @@ def regenerate(
             for stored in (True, False):  # stored continuations are rebuilt by teacher forcing, the rest decoded
                 for batch in length_batches([p for p in chunk if (p.id in known) == stored], batch_size, batch_tokens):
                     ids = [p.token_ids for p in batch]
-                    sequences += (_teacher_forced(target, ids, [known[p.id] for p in batch], layer_ids, top_k) if stored else
-                                  _batched_decode(target, ids, max_new_tokens, batch[0].temperature, generator, layer_ids, top_k))
+                    if stored:
+                        with torch.autocast(target.device.type, dtype=teacher_autocast, enabled=teacher_autocast is not None):
+                            sequences += _teacher_forced(target, ids, [known[p.id] for p in batch], layer_ids, top_k)
+                    else:
+                        sequences += _batched_decode(target, ids, max_new_tokens, batch[0].temperature, generator, layer_ids, top_k)
                     order += batch
                     bar.update(len(batch))
             write_shard(out_dir / f"{name}-{shard_index:05d}", order, sequences, layer_ids)

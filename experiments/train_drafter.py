@@ -193,7 +193,7 @@ def build_regenerations(cfg: DictConfig, target: Target, work: Path) -> None:
     options = dict(
         max_new_tokens=cfg.data.gen_max_new_tokens, layer_ids=feature_layer_ids(cfg, target), top_k=cfg.data.top_k,
         batch_size=cfg.data.gen_batch_size, batch_tokens=cfg.data.gen_batch_tokens, shard_sequences=cfg.data.shard_sequences,
-        seed=cfg.train.seed, known=known,
+        seed=cfg.train.seed, known=known, teacher_autocast=getattr(torch, cfg.data.teacher_autocast) if cfg.data.teacher_autocast else None,
     )
     shard_dir = work / "shards"
     regenerate(target, val, shard_dir, "val", **options)
