@@ -97,6 +97,33 @@ def sample_blocks(
     return layout_blocks(tokens, anchors, sizes, max_block, mask_token_id, decay)
 
 
+def warm_start(drafter: BlockDrafter, source: BlockDrafter) -> None:
+    """Start `drafter` from a trained `source` reading the same target layers; the draft vocabulary
+    stays `drafter`'s own (the LM head is the target's, so any rows fit).
+
+    A deeper `drafter` keeps the source's layers first and starts every extra layer as a copy of the
+    source's last one with its output projections (attention `o_proj`, MLP `down_proj`) zeroed: each
+    extra layer adds nothing to the residual stream yet, so training begins from the source's exact
+    drafts and the new capacity is learnt from there.
+    """
+    kept = len(source.layers)
+    if list(source.target_layer_ids) != list(drafter.target_layer_ids):
+        raise ValueError(f"cannot warm-start a drafter reading target layers {list(drafter.target_layer_ids)} "
+                         f"from one reading {list(source.target_layer_ids)}")
+    if kept > len(drafter.layers):
+        raise ValueError(f"cannot warm-start a drafter of {len(drafter.layers)} layers from a deeper one ({kept} layers)")
+    weights = {k: v for k, v in source.state_dict().items() if k != "draft_token_ids"}
+    missing, unexpected = drafter.load_state_dict(weights, strict=False)
+    extra = tuple(f"layers.{i}." for i in range(kept, len(drafter.layers)))
+    if unexpected or any(k != "draft_token_ids" and not k.startswith(extra) for k in missing):
+        raise ValueError(f"warm start does not fit: missing {missing}, unexpected {unexpected}")
+    for layer in drafter.layers[kept:]:
+        layer.load_state_dict(source.layers[-1].state_dict())
+        with torch.no_grad():
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+
+
 class DraftVocabulary:
     """Maps full-vocabulary token ids to rows of a (bound) drafter's possibly reduced LM head."""
 

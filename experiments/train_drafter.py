@@ -37,7 +37,7 @@ from tqdm import tqdm
 from build_prompts import math_prompts  # the suite's own generator of arithmetic and word problems
 from bp_rl import BlockDrafter, Target, load_drafter, load_target, speculative_generate
 from bp_rl.block_drafter import spread_layer_ids
-from bp_rl.drafter_training import DraftVocabulary, block_loss, sample_blocks
+from bp_rl.drafter_training import DraftVocabulary, block_loss, sample_blocks, warm_start
 from bp_rl.drafter_data import (
     RegenPrompt, SequencePool, complete_shards, deduplicate, draft_vocabulary, offline_code_prompts, offline_doc_prompts, offline_prose_prompts,
     read_continuations, read_prompt_list, regenerate, self_written_user_turns, write_continuations, write_prompt_list,
@@ -240,17 +240,6 @@ def build_drafter(cfg: DictConfig, target: Target, train_pool: SequencePool) -> 
     return drafter
 
 
-def warm_start(drafter: BlockDrafter, source: str, target: Target) -> None:
-    """Layers from a trained drafter of the same shape; the draft vocabulary stays this run's own."""
-    warm = load_drafter(source, target)
-    if warm.target_layer_ids != drafter.target_layer_ids or len(warm.layers) != len(drafter.layers):
-        raise ValueError(f"drafter.init_from {source!r} has another shape than drafter.* asks for")
-    weights = {k: v for k, v in warm.state_dict().items() if k != "draft_token_ids"}
-    missing, unexpected = drafter.load_state_dict(weights, strict=False)
-    if unexpected or set(missing) - {"draft_token_ids"}:
-        raise ValueError(f"drafter.init_from {source!r}: missing {missing}, unexpected {unexpected}")
-
-
 def evaluate(drafter: BlockDrafter, target: Target, cfg: DictConfig, val_pool: SequencePool, decode: bool) -> dict:
     """Validation loss, and acceptance at the largest block replayed on the val continuations (one
     packed pass each; the cycles a greedy decode would run); with `decode`, also measured by real
@@ -297,7 +286,7 @@ def train(cfg: DictConfig, target: Target, work: Path) -> None:
 
     drafter = build_drafter(cfg, target, pools["train"])
     if cfg.drafter.init_from:
-        warm_start(drafter, cfg.drafter.init_from, target)
+        warm_start(drafter, load_drafter(cfg.drafter.init_from, target).float())
     elif cfg.drafter.init_from_target:
         init_from_target_layers(drafter, target)
     for p in target.model.parameters():

@@ -9,7 +9,7 @@ from torch.nn import functional as F
 from drafters import greedy_sequence, overfit_drafter, target_features
 
 from bp_rl import BlockDrafter, speculative_generate
-from bp_rl.drafter_training import DraftVocabulary, block_loss, sample_blocks
+from bp_rl.drafter_training import DraftVocabulary, block_loss, drafts_at_anchors, sample_blocks, warm_start
 from bp_rl.traces import estimated_acceptance
 
 
@@ -115,3 +115,35 @@ def test_soft_labels_outside_the_draft_vocabulary_are_left_out(tiny_target):
     assert torch.isfinite(loss) and metrics["labels"] == int(((batch.labels >= 0) & (batch.labels % 2 == 0)).sum())
     with pytest.raises(ValueError, match="needs soft labels"):
         block_loss(drafter, embedding, vocab, feats, batch, None, kl_weight=0.5)
+
+
+def test_a_deeper_drafter_warm_started_drafts_what_its_source_drafts(tiny_target):
+    tokens = greedy_sequence(tiny_target, [5, 6, 7], 30)
+    source = overfit_drafter(tiny_target, tokens, 3)
+    deeper = BlockDrafter.for_target(tiny_target, num_layers=len(source.layers) + 1, block_size=source.max_block_size,
+                                     target_layer_ids=list(source.target_layer_ids), seed=5).float()
+    deeper.set_draft_vocabulary(torch.arange(0, 64, 2))  # the run's own vocabulary is kept
+    warm_start(deeper, source)
+    assert torch.equal(deeper.draft_token_ids, torch.arange(0, 64, 2))
+    deeper.set_draft_vocabulary(None)  # the source's (full) vocabulary, to compare their drafts
+    feats = target_features(tiny_target, tokens, source.target_layer_ids)
+    embedding = tiny_target.model.get_input_embeddings().weight
+    anchors = torch.arange(3, 25)
+    outputs = [drafts_at_anchors(d, embedding, DraftVocabulary(d), feats, tokens, anchors, 6) for d in (source, deeper)]
+    assert torch.equal(outputs[0][0], outputs[1][0])  # the same drafts ...
+    torch.testing.assert_close(outputs[0][1], outputs[1][1])  # ... with the same confidence: the extra layer starts as an identity
+    assert outputs[0][0].any()  # the overfit source drafts some right tokens: the comparison can fail
+    # training moves the extra layer off the identity: its zeroed projections get a gradient
+    batch = sample_blocks(tokens, 3, 8, 6, deeper.mask_token_id, torch.Generator().manual_seed(0))
+    block_loss(deeper, embedding, DraftVocabulary(deeper), feats, batch)[0].backward()
+    assert deeper.layers[-1].mlp.down_proj.weight.grad.abs().sum() > 0
+
+
+def test_a_warm_start_from_a_deeper_or_other_drafter_is_refused(tiny_target):
+    source = BlockDrafter.for_target(tiny_target, num_layers=2, block_size=8, target_layer_ids=[0, 1], seed=0)
+    shallower = BlockDrafter.for_target(tiny_target, num_layers=1, block_size=8, target_layer_ids=[0, 1], seed=0)
+    with pytest.raises(ValueError, match=r"of 1 layers from a deeper one \(2 layers\)"):
+        warm_start(shallower, source)
+    other = BlockDrafter.for_target(tiny_target, num_layers=2, block_size=8, target_layer_ids=[0], seed=0)
+    with pytest.raises(ValueError, match=r"reading target layers \[0\] from one reading \[0, 1\]"):
+        warm_start(other, source)
