@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -240,23 +241,33 @@ def shipped_profiles() -> list[str]:
     return sorted(p.stem for p in SHIPPED_PROFILES_DIR.glob("*.json")) if SHIPPED_PROFILES_DIR.is_dir() else []
 
 
+_DEVICE = re.compile(r"^(?P<name>.*?)(?:, family (?P<family>\d+) model (?P<model>\d+))?(?: \((?P<threads>\d+) threads\))?$")
+
+
+def device_distance(a: str, b: str) -> tuple[bool, bool, bool, int, bool]:
+    """How unlike two recorded device names are, for picking the closest profile: the kind of device
+    (the first word: CPU, NVIDIA, ...), then the processor's name (vendor and line), then the CPU
+    family, then how far apart the model numbers are (a neighbouring model of one family is usually
+    the nearest generation; the model sets the shape of the cost curve), then the thread count."""
+    x, y = (_DEVICE.match(name).groupdict() for name in (a, b))  # the pattern matches any string
+    model_gap = abs(int(x["model"]) - int(y["model"])) if x["model"] and y["model"] else 0
+    return (a.split()[0] != b.split()[0], x["name"] != y["name"], x["family"] != y["family"], model_gap, x["threads"] != y["threads"])
+
+
 def default_profile(drafter_hash: str, device: torch.device | str = "cpu") -> DeviceProfile:
     """The shipped measured profile of this machine for this drafter, else the closest shipped one
-    (same kind of device), saying so; a clear error when none fits."""
+    (`device_distance`), saying so; a clear error when none fits."""
     here = device_name(device)
     fitting = [p for p in map(DeviceProfile.load, shipped_profiles()) if p.drafter_hash == drafter_hash and p.kind == "measured"]
-    for profile in fitting:
-        if profile.device == here:
-            return profile
-    same_kind = [p for p in fitting if p.device.split()[0] == here.split()[0]] or fitting
-    if not same_kind:
+    if not fitting:
         raise ValueError(
             f"no shipped profile times drafter {drafter_hash} (shipped: {shipped_profiles()}); measure this machine's: "
             "python experiments/profile_device.py"
         )
-    chosen = same_kind[0]
-    print(f"no shipped profile of this machine ({here}); using {chosen.name!r}, measured on {chosen.device}. "
-          "Measure this machine's own: python experiments/profile_device.py")
+    chosen = min(fitting, key=lambda p: device_distance(p.device, here))
+    if chosen.device != here:
+        print(f"no shipped profile of this machine ({here}); using the closest, {chosen.name!r}, measured on {chosen.device}. "
+              "Measure this machine's own: python experiments/profile_device.py")
     return chosen
 
 

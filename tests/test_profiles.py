@@ -107,3 +107,20 @@ def test_interleaved_timing_times_every_pass_once_a_round_in_a_fresh_order():
     assert all(len(t.samples) == 5 and t.median >= 0 for t in timings.values())
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         measure_interleaved({"a": lambda: None}, repeats=0)
+
+
+def test_the_closest_profile_shares_the_vendor_then_the_family_then_the_nearest_model():
+    from bp_rl.profiles import device_distance
+
+    here = "CPU Intel(R) Xeon(R) Processor, family 6 model 207 (2 threads)"
+    shipped = [
+        "CPU AMD EPYC, family 25 model 17 (2 threads)",
+        "CPU Intel(R) Xeon(R) Processor, family 6 model 85 (2 threads)",
+        "CPU Intel(R) Xeon(R) Processor, family 6 model 167 (2 threads)",
+        "CPU Intel(R) Xeon(R) Processor, family 6 model 207 (4 threads)",
+        "NVIDIA H200",
+    ]
+    ranked = sorted(shipped, key=lambda name: device_distance(name, here))
+    assert ranked == [shipped[3], shipped[2], shipped[1], shipped[0], shipped[4]]  # same model: only the threads differ
+    assert device_distance(here, here) == (False, False, False, 0, False)
+    assert sorted(["NVIDIA A100-SXM4-80GB", "CPU AMD EPYC (2 threads)"], key=lambda n: device_distance(n, "NVIDIA H200"))[0].startswith("NVIDIA")
