@@ -174,6 +174,18 @@ def build_prompts(cfg: DictConfig, target: Target, work: Path) -> None:
 # --- 2. regenerate ---------------------------------------------------------------------------------
 
 
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def autocast_dtype(key: str, name: str | None) -> torch.dtype | None:
+    """The mixed-precision dtype a config key names (null: none, full precision)."""
+    if name is None:
+        return None
+    if name not in AUTOCAST_DTYPES:
+        raise ValueError(f"{key}={name!r} is not a mixed-precision dtype; valid: {[*AUTOCAST_DTYPES, None]}")
+    return AUTOCAST_DTYPES[name]
+
+
 def feature_layer_ids(cfg: DictConfig, target: Target) -> list[int]:
     return spread_layer_ids(target.num_layers, cfg.features.num_target_layers)
 
@@ -193,7 +205,7 @@ def build_regenerations(cfg: DictConfig, target: Target, work: Path) -> None:
     options = dict(
         max_new_tokens=cfg.data.gen_max_new_tokens, layer_ids=feature_layer_ids(cfg, target), top_k=cfg.data.top_k,
         batch_size=cfg.data.gen_batch_size, batch_tokens=cfg.data.gen_batch_tokens, shard_sequences=cfg.data.shard_sequences,
-        seed=cfg.train.seed, known=known, teacher_autocast=getattr(torch, cfg.data.teacher_autocast) if cfg.data.teacher_autocast else None,
+        seed=cfg.train.seed, known=known, teacher_autocast=autocast_dtype("data.teacher_autocast", cfg.data.teacher_autocast),
     )
     shard_dir = work / "shards"
     regenerate(target, val, shard_dir, "val", **options)
@@ -321,7 +333,8 @@ def train(cfg: DictConfig, target: Target, work: Path) -> None:
         tmp.replace(checkpoint)
 
     stop = min(cfg.train.steps, cfg.train.stop_at or cfg.train.steps)
-    autocast = torch.autocast(target.device.type, dtype=getattr(torch, cfg.train.autocast), enabled=bool(cfg.train.autocast))
+    dtype = autocast_dtype("train.autocast", cfg.train.autocast)
+    autocast = torch.autocast(target.device.type, dtype=dtype, enabled=dtype is not None)
     bar = tqdm(total=cfg.train.steps, initial=state["step"], desc="train drafter", unit="step")
     drafter.train()
     while state["step"] < stop and time.monotonic() < deadline:
@@ -466,6 +479,8 @@ def main(cfg: DictConfig) -> None:
     if cfg.stage not in (*STAGES, "all"):
         raise ValueError(f"unknown stage {cfg.stage!r}; valid: {[*STAGES, 'all']}")
     stages = STAGES if cfg.stage == "all" else (cfg.stage,)
+    for key in ("data.teacher_autocast", "train.autocast"):  # fail before the slow stages, not in them
+        autocast_dtype(key, OmegaConf.select(cfg, key))
     work = Path(hydra.utils.to_absolute_path(cfg.work_dir))
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.train.seed)

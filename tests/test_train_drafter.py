@@ -126,3 +126,8 @@ def test_train_before_regenerating_is_explained(tmp_path):
 def test_unknown_stage_is_rejected(tmp_path):
     bad = run(tmp_path, "stage=fit")
     assert bad.returncode != 0 and "unknown stage 'fit'" in bad.stderr
+
+
+def test_unknown_autocast_dtype_is_rejected(tmp_path):
+    bad = run(tmp_path, "stage=regenerate", "data.teacher_autocast=bf16")
+    assert bad.returncode != 0 and "data.teacher_autocast='bf16' is not a mixed-precision dtype; valid: ['bfloat16', 'float16', None]" in bad.stderr
