@@ -11,6 +11,7 @@ from typing import Callable
 
 from bp_rl.block_drafter import BlockDrafter
 from bp_rl.drafter import Drafter
+from bp_rl.models import Target, load_target
 from bp_rl.prompt_lookup import PromptLookupDrafter
 
 
@@ -54,24 +55,42 @@ def default_drafter_name(target) -> str:
     return versions[max(versions)]
 
 
-def load_drafter(path_or_name: str, target, **options) -> Drafter:
+def resolve_drafter_name(path_or_name: str, target) -> str:
+    """The name a table, trace set or profile records: "default" becomes the drafter it stands for."""
+    return default_drafter_name(target) if path_or_name == "default" else path_or_name
+
+
+def load_drafter(path_or_name: str, target, allow_download: bool = False, **options) -> Drafter:
     """A drafter for `target`: "default" (the shipped drafter for this target), a name from
-    `NAMED_DRAFTERS` (with its `options`), a shipped drafter name, or a `BlockDrafter` folder
-    (config.json + safetensors; ours or a public DFlash checkpoint)."""
+    `NAMED_DRAFTERS` (with its `options`), a shipped drafter name, a `BlockDrafter` folder
+    (config.json + safetensors; ours or a public DFlash checkpoint), or, only with
+    `allow_download=True`, the hub id of a public DFlash checkpoint (e.g. z-lab/Qwen3-4B-DFlash-b16)."""
     shipped = shipped_drafters()
-    if path_or_name == "default":
-        path_or_name = default_drafter_name(target)
+    path_or_name = resolve_drafter_name(path_or_name, target)
     if path_or_name in NAMED_DRAFTERS:
         try:
             return NAMED_DRAFTERS[path_or_name](target, **options)
         except TypeError as err:  # an option the drafter does not take
             raise ValueError(f"bad option for drafter {path_or_name!r}: {err}") from err
     folder = SHIPPED_DRAFTERS_DIR / path_or_name if path_or_name in shipped else Path(path_or_name)
+    if not folder.is_dir() and allow_download:
+        from huggingface_hub import snapshot_download  # only a user who opted in reaches the network
+
+        folder = Path(snapshot_download(path_or_name, allow_patterns=["*.json", "*.safetensors"]))
     if folder.is_dir():
         if options:
             raise ValueError(f"a drafter folder takes no options, got {sorted(options)}")
         return BlockDrafter.load(folder, target)
     raise FileNotFoundError(
         f"no drafter {path_or_name!r}: known names {sorted([*NAMED_DRAFTERS, *shipped, 'default'])}, "
-        "or a drafter folder (config.json + model.safetensors)"
+        "a drafter folder (config.json + model.safetensors), or a hub id with allow_download=True"
     )
+
+
+def load_models(target: str, drafter: str, device: str | None = None, dtype: str | None = None,
+                allow_download: bool = False) -> tuple[Target, Drafter, str]:
+    """The target and drafter an experiment script names (`load_target`, `load_drafter`; hub ids only
+    with `allow_download`), and the drafter's name as tables, traces and profiles record it."""
+    loaded = load_target(target, device=device, dtype=dtype, allow_download=allow_download)
+    name = resolve_drafter_name(drafter, loaded)
+    return loaded, load_drafter(name, loaded, allow_download=allow_download), name

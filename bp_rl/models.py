@@ -157,6 +157,12 @@ def load_target(
     return Target(name=str(name_or_path), model=model, tokenizer=tokenizer, device=device)
 
 
+def model_slug(name_or_path: str) -> str:
+    """A file-name-safe name for a model: an embedded or shipped name as it is, the last part of a
+    folder path or hub id otherwise ('/models/Qwen3-4B' and 'Qwen/Qwen3-4B' -> 'Qwen3-4B')."""
+    return str(name_or_path).rstrip("/").split("/")[-1]
+
+
 def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32

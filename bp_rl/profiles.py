@@ -32,7 +32,7 @@ from transformers import DynamicCache
 
 from bp_rl.decoding import DecodeStats, SpeculativeDecoder
 from bp_rl.drafter import Drafter, drafter_fingerprint
-from bp_rl.models import Target
+from bp_rl.models import Target, model_slug
 from bp_rl.outcomes import DEFAULT_BLOCK_SIZES
 from bp_rl.timing import device_name, measure, measure_interleaved
 from bp_rl.traces import AcceptanceTrace, Cycle, SampledTrace
@@ -237,8 +237,13 @@ class DeviceProfile:
         return self
 
 
-def shipped_profiles() -> list[str]:
-    return sorted(p.stem for p in SHIPPED_PROFILES_DIR.glob("*.json")) if SHIPPED_PROFILES_DIR.is_dir() else []
+def shipped_profiles(drafter_hash: str | None = None) -> list[str]:
+    """Names of the shipped profiles; given a drafter's hash, only those that time it, measured ones first."""
+    names = sorted(p.stem for p in SHIPPED_PROFILES_DIR.glob("*.json")) if SHIPPED_PROFILES_DIR.is_dir() else []
+    if drafter_hash is None:
+        return names
+    fitting = [p for p in map(DeviceProfile.load, names) if p.drafter_hash == drafter_hash]
+    return [p.name for p in sorted(fitting, key=lambda p: PROFILE_KINDS.index(p.kind))]  # stable: by name within a kind
 
 
 _DEVICE = re.compile(r"^(?P<name>.*?)(?:, family (?P<family>\d+) model (?P<model>\d+))?(?: \((?P<threads>\d+) threads\))?$")
@@ -408,7 +413,7 @@ def roofline_profile(
     head = drafter.draft_head().numel() if hasattr(drafter, "draft_head") else 0
     draft = {b: seconds((own + head) * bytes_per_value, 2 * (own + head) * b) if own else 0.0 for b in block_sizes if b > 1}
     return DeviceProfile(
-        name=f"roofline-{accelerator}_{target.name}_{drafter_name}", kind="model", device=f"model: roofline of {chip.name}",
+        name=f"roofline-{accelerator}_{model_slug(target.name)}_{model_slug(drafter_name)}", kind="model", device=f"model: roofline of {chip.name}",
         target=target.name, drafter=drafter_name, drafter_hash=drafter_fingerprint(drafter),
         verify={n: {c: target_pass(n, c) for c in contexts} for n in block_sizes}, draft=draft,
         prefill={n: target_pass(n, 0) for n in prompt_lengths}, overhead={b: 0.0 for b in block_sizes}, versions=library_versions(),

@@ -58,6 +58,19 @@ def load_prompts(suite: str = DEFAULT_SUITE, split: str | None = None, category:
     return [p for p in prompts if (split is None or p.split == split) and (category is None or p.category == category)]
 
 
+def first_per_category(prompts: Iterable[Prompt], count: int) -> list[Prompt]:
+    """The first `count` prompts of each category, in the given order (a balanced sample)."""
+    if count < 1:
+        raise ValueError(f"prompts per category must be >= 1, got {count}")
+    seen: dict[str, int] = {}
+    kept = []
+    for prompt in prompts:
+        seen[prompt.category] = seen.get(prompt.category, 0) + 1
+        if seen[prompt.category] <= count:
+            kept.append(prompt)
+    return kept
+
+
 def render_prompt(prompt: Prompt, tokenizer: Any) -> str:
     """The text the target sees: wrapped as a user turn by the chat template when `prompt.chat`."""
     return chat_prompt(prompt.text, tokenizer, who=f"prompt {prompt.id!r}") if prompt.chat else prompt.text

@@ -215,16 +215,19 @@ def make_live_schedule_env(
     max_prompts: int | None = None,
     stats_table=None,
     concurrency: int | None = None,
+    dtype: str | None = None,
+    allow_download: bool = False,
 ) -> BlockScheduleEnv:
     """Per-cycle decisions decoded for real (each half-cycle timed). `stats_table` (optional: a reward
-    table, or traces under a profile) gives the training split's observation statistics."""
-    from bp_rl import load_drafter, load_target  # loading models is slow: only live environments pay for it
+    table, or traces under a profile) gives the training split's observation statistics. Hub ids for
+    `target`/`drafter` only with `allow_download`."""
+    from bp_rl.drafters import load_models  # loading models is slow: only live environments pay for it
 
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {list(SPLITS)}")
-    model = load_target(target, device=device)
+    model, draft_model, _ = load_models(target, drafter, device, dtype, allow_download)
     settings = DecodeSettings(max_new_tokens=max_new_tokens, temperature=temperature)
-    backend = LiveBackend(model, load_drafter(drafter, model), split, feature_set=feature_set, settings=settings, max_prompts=max_prompts)
+    backend = LiveBackend(model, draft_model, split, feature_set=feature_set, settings=settings, max_prompts=max_prompts)
     stats = observation_stats(stats_table.view(feature_set, "train")) if stats_table is not None else None
     return BlockScheduleEnv(backend, actions, history, stats, concurrency)
 

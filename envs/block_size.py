@@ -25,7 +25,7 @@ from bp_rl.trace_table import SimulatedRewards, TraceTable
 from envs.backends import Backend, LiveBackend, TableBackend, TraceBackend
 
 DEFAULT_TABLE = "smollm2-135m-block-t0"
-DEFAULT_TRACES = "smollm2-135m-block-v4-traces"
+DEFAULT_TRACES = "smollm2-135m-block-v5-traces"  # the default drafter's, every split (env=trace's default)
 
 
 class BlockSizeEnv(gym.Env):
@@ -170,12 +170,12 @@ def make_table_env(
     return BlockSizeEnv(TableBackend(view, replay), reward, best=view, obs_stats=stats)
 
 
-def simulated_rewards(traces: str | TraceTable = DEFAULT_TRACES, profile: str | DeviceProfile | None = None,
+def simulated_rewards(traces: str | TraceTable | None = None, profile: str | DeviceProfile | None = None,
                       expect: dict | None = None, concurrency: int | None = None) -> SimulatedRewards:
-    """A trace table (name, path or open) under a profile (name, path or loaded; None: this machine's
+    """A trace table (name, path or open; None: `DEFAULT_TRACES`) under a profile (name, path or loaded; None: this machine's
     shipped profile, else the closest shipped one), for requests served in batches of `concurrency`
     (None: the profile's own load, one request at a time unless it was scaled already)."""
-    opened = traces if isinstance(traces, TraceTable) else TraceTable.load(traces)
+    opened = traces if isinstance(traces, TraceTable) else TraceTable.load(traces or DEFAULT_TRACES)
     opened.check(expect or {})
     if profile is None:
         profile = default_profile(opened.meta["drafter_hash"])
@@ -218,19 +218,21 @@ def make_live_env(
     normalize_obs: bool = False,
     device: str | None = None,
     max_prompts: int | None = None,
+    dtype: str | None = None,
+    allow_download: bool = False,
 ) -> BlockSizeEnv:
     """Decode for real on `split` (`max_prompts` of it, spread evenly). `table` (optional) supplies the per-prompt best
-    info and the normalisation statistics."""
-    from bp_rl import load_drafter, load_target  # loading models is slow: only live environments pay for it
+    info and the normalisation statistics. Hub ids for `target`/`drafter` only with `allow_download`."""
+    from bp_rl.drafters import load_models  # loading models is slow: only live environments pay for it
 
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {list(SPLITS)}")
     if normalize_obs and table is None:
         raise ValueError("normalize_obs=True needs a table whose training split gives the statistics (table=...)")
-    model = load_target(target, device=device)
+    model, draft_model, _ = load_models(target, drafter, device, dtype, allow_download)
     settings = DecodeSettings(max_new_tokens=max_new_tokens, temperature=temperature)
     backend = LiveBackend(
-        model, load_drafter(drafter, model), split, suite, tuple(block_sizes), feature_set, settings, max_prompts=max_prompts
+        model, draft_model, split, suite, tuple(block_sizes), feature_set, settings, max_prompts=max_prompts
     )
     best = stats = None
     if table is not None:

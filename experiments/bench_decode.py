@@ -28,7 +28,7 @@ from tqdm import tqdm
 from bp_rl import ContinuationDrafter, Target, load_drafter, load_target, speculative_generate
 from bp_rl.outcomes import DEFAULT_BLOCK_SIZES
 from bp_rl.profiles import draft_seconds, verify_forward_seconds
-from bp_rl.prompts import DEFAULT_SUITE, SPLITS, Prompt, load_prompts, render_prompt
+from bp_rl.prompts import DEFAULT_SUITE, SPLITS, Prompt, first_per_category, load_prompts, render_prompt
 from bp_rl.timing import device_name, machine_load_note
 
 
@@ -74,15 +74,7 @@ def parse_args() -> argparse.Namespace:
 
 def select_prompts(args) -> list[Prompt]:
     prompts = load_prompts(args.suite, split=args.split, category=args.category)
-    if args.per_category is None:
-        return prompts
-    seen: Counter[str] = Counter()
-    kept = []
-    for p in prompts:
-        seen[p.category] += 1
-        if seen[p.category] <= args.per_category:
-            kept.append(p)
-    return kept
+    return prompts if args.per_category is None else first_per_category(prompts, args.per_category)
 
 
 def draft_vocabulary_coverage(drafter, token_ids: list[int]) -> float | None:

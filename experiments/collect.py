@@ -24,12 +24,13 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from bp_rl import load_drafter, load_target
+from bp_rl.drafters import load_models
+from bp_rl.models import model_slug
 from bp_rl.collection import collect_rows, parse_shard, plan_rows, shard_path, shard_prompts, table_metadata
 from bp_rl.decoding import check_block_size
 from bp_rl.measurement import DecodeSettings, measure
 from bp_rl.outcomes import DEFAULT_BLOCK_SIZES
-from bp_rl.prompts import SPLITS, render_prompt
+from bp_rl.prompts import SPLITS, first_per_category, render_prompt
 from bp_rl.rewards import RewardTable
 
 
@@ -39,13 +40,14 @@ def main(cfg: DictConfig) -> None:
     prompts = shard_prompts(cfg.suite, list(cfg.splits), cfg.shard)
     repeats = {split: int(cfg.repeats.get(split, 1)) for split in SPLITS}
 
-    target = load_target(cfg.target, device=cfg.device)
-    drafter = load_drafter(cfg.drafter, target)
+    target, drafter, drafter_name = load_models(cfg.target, cfg.drafter, cfg.device, cfg.dtype, cfg.allow_download)
     block_sizes = [int(b) for b in cfg.block_sizes or DEFAULT_BLOCK_SIZES]
     for block in block_sizes:
         check_block_size(drafter, block)
     settings = DecodeSettings(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
 
+    if cfg.per_category is not None:  # a balanced sample: the first N of each category in a seeded order
+        prompts = first_per_category(random.Random(cfg.seed).sample(prompts, len(prompts)), cfg.per_category)
     if cfg.max_prompts is not None:
         prompts = random.Random(cfg.seed).sample(prompts, min(cfg.max_prompts, len(prompts)))
     token_ids = {p.id: target.encode(render_prompt(p, target.tokenizer)) for p in prompts}
@@ -55,8 +57,9 @@ def main(cfg: DictConfig) -> None:
     for _ in range(max(1, cfg.warmup)):
         warm = measure(target, drafter, token_ids[prompts[0].id], max(block_sizes), settings, feature_sets, seed=0)
     dims = {name: int(vector.shape[0]) for name, vector in warm.observations.items()}
-    meta = table_metadata(target, drafter, cfg.drafter, cfg.suite, settings, block_sizes, dims, " ".join(sys.argv))
-    out = shard_path(Path(hydra.utils.to_absolute_path(cfg.out)), index, count)
+    meta = table_metadata(target, drafter, drafter_name, cfg.suite, settings, block_sizes, dims, " ".join(sys.argv))
+    name = cfg.name or f"{model_slug(cfg.target)}_{model_slug(drafter_name)}_t{settings.temperature:g}"
+    out = shard_path(Path(hydra.utils.to_absolute_path(cfg.out or f"runs/tables/{name}.sqlite")), index, count)
     table = RewardTable.create_or_resume(out, meta, allow_new_machine=cfg.allow_new_machine)
     done = table.done_keys()
     todo = [row for row in plan_rows(prompts, block_sizes, repeats, cfg.seed) if (row[0].id, row[1], row[2]) not in done]

@@ -24,7 +24,8 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from bp_rl import load_drafter, load_target
+from bp_rl.drafters import load_models
+from bp_rl.models import model_slug
 from bp_rl.collection import parse_shard, shard_path, shard_prompts, table_metadata, wait_while_paused
 from bp_rl.measurement import DecodeSettings
 from bp_rl.outcomes import DEFAULT_BLOCK_SIZES
@@ -39,8 +40,7 @@ def main(cfg: DictConfig) -> None:
     prompts = shard_prompts(cfg.suite, list(cfg.splits), cfg.shard)
     if cfg.threads is not None:
         torch.set_num_threads(int(cfg.threads))
-    target = load_target(cfg.target, device=cfg.device)
-    drafter = load_drafter(cfg.drafter, target)
+    target, drafter, drafter_name = load_models(cfg.target, cfg.drafter, cfg.device, cfg.dtype, cfg.allow_download)
     block_sizes = [int(b) for b in cfg.block_sizes or DEFAULT_BLOCK_SIZES]
 
     feature_sets = tuple(cfg.feature_sets)
@@ -48,14 +48,15 @@ def main(cfg: DictConfig) -> None:
     dims = {name: int(vector.shape[0]) for name, vector in first.observations.items()}
     settings = DecodeSettings(cfg.max_new_tokens, temperature=float(cfg.temperature))
     seeds = [int(s) for s in cfg.seeds] if settings.temperature > 0 else None
-    meta = table_metadata(target, drafter, cfg.drafter, cfg.suite, settings, block_sizes, dims, " ".join(sys.argv))
+    meta = table_metadata(target, drafter, drafter_name, cfg.suite, settings, block_sizes, dims, " ".join(sys.argv))
     if seeds:
         meta["seeds"] = seeds
-    out = shard_path(Path(hydra.utils.to_absolute_path(cfg.out)), index, count)
+    name = cfg.name or f"{model_slug(cfg.target)}_{model_slug(drafter_name)}_traces" + (f"-t{settings.temperature:g}" if settings.temperature > 0 else "")
+    out = shard_path(Path(hydra.utils.to_absolute_path(cfg.out or f"runs/traces/{name}.sqlite")), index, count)
     table = TraceTable.create_or_resume(out, meta)
     done = table.done_prompts()
     todo = [p for p in prompts if p.id not in done][: cfg.max_prompts]
-    print(f"{out}: {len(done)} prompts traced, {len(todo)} to go ({cfg.drafter}, block sizes {block_sizes})")
+    print(f"{out}: {len(done)} prompts traced, {len(todo)} to go ({drafter_name}, block sizes {block_sizes})")
 
     pause_file = out.with_name(out.name + ".pause")
     bar = tqdm(todo, unit="prompt", smoothing=0.05)

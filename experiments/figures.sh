@@ -3,7 +3,9 @@
 #
 #     experiments/figures.sh [OUT]        # default OUT: runs/figures; `make figures` runs it
 #
-# Replay only (about 20 minutes on 2 cores): the tables' headroom and noise, also over smaller
+# First the default drafter's exact traces (simulated rewards, about 15 minutes): headroom and the
+# 3-seed agent sweep under each of its shipped profiles (measured CPU, flat model, H200 roofline).
+# Then drafter v1's timed tables, replay only (about 20 minutes on 2 cores): headroom and noise, also over smaller
 # block sets; the 3-seed agent sweep on the T=0 table; for each shipped test-only table (T=1, and
 # T=0 measured on the AMD machine) the same agents trained on the T=0 table and evaluated on it,
 # and cross-validated on its prompts; T=0 to T=1 on one machine; the online agents at equal
@@ -15,7 +17,8 @@ cd "$(dirname "$0")/.."
 OUT=${1:-runs/figures}
 PY=${PY:-.venv/bin/python}
 AGENTS=ppo,linucb,lints,egreedy,oracle,grid,fixed,random
-T0=smollm2-135m-block-t0          # Intel Xeon, every split
+TRACES=$($PY -c "from envs import DEFAULT_TRACES; print(DEFAULT_TRACES)")  # the default drafter's, every split
+T0=smollm2-135m-block-t0          # drafter v1, Intel Xeon, every split
 T1=smollm2-135m-block-t1          # AMD EPYC, test split only
 T0_AMD=smollm2-135m-block-t0-amd  # AMD EPYC, test split only
 TEST_ONLY="$T1 $T0_AMD"
@@ -32,13 +35,20 @@ for table in $T0 $TEST_ONLY; do
   done
 done
 
-sweep() {  # sweep NAME OVERRIDES...: a 3-seed multirun and its report
+sweep() {  # sweep NAME OVERRIDES...: a 3-seed multirun and its report (env=table unless the overrides say)
   local name=$1; shift
   rm -rf "$OUT/$name"
-  $PY experiments/run.py -m env=table "$@" hydra.sweep.dir="$OUT/$name" > "$OUT/$name.log" 2>&1  # the measured tables
+  $PY experiments/run.py -m env=table "$@" hydra.sweep.dir="$OUT/$name" > "$OUT/$name.log" 2>&1
   $PY experiments/report.py "$OUT/$name" > /dev/null
   echo "$OUT/$name/report.md"
 }
+
+# The default drafter's traces under every shipped profile made for it (names from the traces' drafter).
+for profile in $($PY experiments/table.py profiles $TRACES); do
+  $PY experiments/table.py show $TRACES --split test --profile $profile > "$OUT/$TRACES.$profile.test.md"
+  sweep agents-trace-$profile env=trace env.profile=$profile agent=$AGENTS seed=0,1,2
+done
+
 sweep agents-t0 agent=$AGENTS seed=0,1,2
 for table in $TEST_ONLY; do  # no train split of their own: transfer from T=0, and 4-fold cross-validation
   shipped $table || continue

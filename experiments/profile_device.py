@@ -23,7 +23,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from bp_rl import load_drafter, load_target
+from bp_rl.drafters import load_models
+from bp_rl.models import model_slug
 from bp_rl.outcomes import DEFAULT_BLOCK_SIZES
 from bp_rl.profiles import flat_profile, measure_profile, roofline_profile
 from bp_rl.timing import device_name
@@ -39,20 +40,19 @@ def device_slug(device: str) -> str:
 
 @hydra.main(config_path="conf", config_name="profile_device", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    target = load_target(cfg.target, device=cfg.device)
-    drafter = load_drafter(cfg.drafter, target)
+    target, drafter, drafter_name = load_models(cfg.target, cfg.drafter, cfg.device, cfg.dtype, cfg.allow_download)
     out_dir = Path(hydra.utils.to_absolute_path(cfg.out_dir))
     block_sizes = tuple(cfg.block_sizes or DEFAULT_BLOCK_SIZES)
     for accelerator in cfg.roofline:
-        model = roofline_profile(target, drafter, cfg.drafter, accelerator, block_sizes=block_sizes, contexts=tuple(cfg.contexts),
+        model = roofline_profile(target, drafter, drafter_name, accelerator, block_sizes=block_sizes, contexts=tuple(cfg.contexts),
                                  prompt_lengths=tuple(cfg.prompt_lengths), concurrencies=tuple(cfg.concurrencies))
         print(f"model profile {model.name!r} -> {model.save(out_dir / f'{model.name}.json')}")
     if not cfg.measure:
         return
-    name = cfg.name or f"{cfg.target}_{cfg.drafter}_{device_slug(device_name(target.device))}"
+    name = cfg.name or f"{model_slug(cfg.target)}_{model_slug(drafter_name)}_{device_slug(device_name(target.device))}"
     started = time.perf_counter()
     profile = measure_profile(
-        target, drafter, cfg.drafter, name, block_sizes, tuple(cfg.contexts), tuple(cfg.prompt_lengths), cfg.repeats,
+        target, drafter, drafter_name, name, block_sizes, tuple(cfg.contexts), tuple(cfg.prompt_lengths), cfg.repeats,
         concurrencies=tuple(cfg.concurrencies),
     )
     print(f"{profile.device}: measured in {time.perf_counter() - started:.0f} s -> {profile.save(out_dir / f'{name}.json')}")

@@ -68,6 +68,7 @@ def build_envs(cfg: DictConfig, table: RewardTable | SimulatedRewards, eval_tabl
             cfg.model.target, cfg.model.drafter, split, block_sizes=table.block_sizes, feature_set=env.feature_set,
             reward=env.reward, max_new_tokens=cfg.model.max_new_tokens, temperature=cfg.model.temperature,
             table=table, normalize_obs=env.normalize_obs, device=cfg.model.device, max_prompts=max_prompts,
+            dtype=cfg.model.dtype, allow_download=cfg.model.allow_download,
         )
 
     train_env = replayed("train", env.replay)

@@ -2,6 +2,7 @@
 
     python experiments/table.py show smollm2-135m-block-t0 [--split test] [--reward speedup] [--block-sizes 1 4 8]
     python experiments/table.py show runs/traces/t.sqlite --profile flat-amd-epyc   # a trace table, under a profile
+    python experiments/table.py profiles smollm2-135m-block-v5-traces        # the profiles that can price it
     python experiments/table.py merge runs/tables/all.sqlite runs/tables/t.shard0of2.sqlite runs/tables/t.shard1of2.sqlite
     python experiments/table.py publish runs/tables/t.sqlite bp_rl/data/tables/t.sqlite
 
@@ -39,7 +40,8 @@ def show(path: str, split: str | None, reward: str, block_sizes: list[int] | Non
     meta = table.meta
     if isinstance(table, TraceTable):
         if profile is None:
-            raise ValueError(f"{path} is a trace table: name a device profile (--profile NAME); shipped: {shipped_profiles()}")
+            fitting = shipped_profiles(table.meta["drafter_hash"])
+            raise ValueError(f"{path} is a trace table: name a device profile (--profile NAME); shipped for its drafter: {fitting}")
         rewards = SimulatedRewards(table, DeviceProfile.load(profile))
         kind = (f"sampled T={table.temperature:g} traces (a sample: one real decode per block and seed {table.meta['seeds']})"
                 if table.sampled else "exact T=0 acceptance traces")
@@ -136,6 +138,14 @@ def first_draft_calibration(table: TraceTable, split: str | None, block: int) ->
     return float(right.mean()), auc
 
 
+def profiles_for(path: str) -> list[str]:
+    """The shipped profiles made for a trace table's drafter (measured first): what `show --profile` takes."""
+    table = open_table(path)
+    if not isinstance(table, TraceTable):
+        raise ValueError(f"{path} is a timed reward table: profiles price trace tables")
+    return shipped_profiles(table.meta["drafter_hash"])
+
+
 def merge(out: str, inputs: list[str]) -> str:
     first = open_table(inputs[0])
     kind = type(first)
@@ -173,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reward", choices=REWARDS, default=DEFAULT_REWARD)
     p.add_argument("--block-sizes", type=int, nargs="+", default=None, help="only these block sizes, e.g. 1 4 8")
     p.add_argument("--profile", default=None, help="trace tables: the device profile to simulate seconds under (name or JSON path)")
+    p = commands.add_parser("profiles", help="the shipped device profiles that can price a trace table, one per line")
+    p.add_argument("table", help="a shipped trace table name or a .sqlite path")
     p = commands.add_parser("merge", help="merge shards (same settings) into one table")
     p.add_argument("out")
     p.add_argument("inputs", nargs="+")
@@ -183,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "show":
             print(show(args.table, args.split, args.reward, args.block_sizes, args.profile))
+        elif args.command == "profiles":
+            print("\n".join(profiles_for(args.table)))
         elif args.command == "merge":
             print(merge(args.out, args.inputs))
         else:

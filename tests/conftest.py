@@ -30,6 +30,17 @@ def make_tiny_target(arch: str = "llama", vocab_size: int = 64, seed: int = 0, *
     return Target(name=f"tiny-{arch}", model=model, tokenizer=None, device=torch.device("cpu"))
 
 
+def dflash_reference_config(target) -> Qwen3Config:
+    """The config of a tiny drafter for `target` in the public DFlash format (the reference package's)."""
+    return Qwen3Config(
+        vocab_size=target.vocab_size,
+        **{**TINY_SHAPES, "num_hidden_layers": 2, "intermediate_size": 48, "initializer_range": 0.2},
+        num_target_layers=target.num_layers,
+        block_size=16,
+        dflash_config={"target_layer_ids": [0, 2], "mask_token_id": target.vocab_size - 1},
+    )
+
+
 @pytest.fixture(scope="session", params=["llama", "qwen3"])
 def tiny_target(request) -> Target:
     return make_tiny_target(request.param)

@@ -6,22 +6,12 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_SHAPES, make_tiny_target
+from conftest import dflash_reference_config, make_tiny_target
 from transformers import DynamicCache, Qwen3Config
 
 from bp_rl import BlockDrafter, load_drafter, speculative_generate
 
 dflash_model = pytest.importorskip("dflash.model", reason="the reference `dflash` package is a test-only dependency")
-
-
-def reference_config(target) -> Qwen3Config:
-    return Qwen3Config(
-        vocab_size=target.vocab_size,
-        **{**TINY_SHAPES, "num_hidden_layers": 2, "intermediate_size": 48, "initializer_range": 0.2},
-        num_target_layers=target.num_layers,
-        block_size=16,
-        dflash_config={"target_layer_ids": [0, 2], "mask_token_id": target.vocab_size - 1},
-    )
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +23,7 @@ def qwen_target():
 def reference_checkpoint(qwen_target, tmp_path_factory):
     """A random drafter saved by the public DFlashDraftModel, with its own save_pretrained."""
     torch.manual_seed(0)
-    model = dflash_model.DFlashDraftModel(reference_config(qwen_target)).eval()
+    model = dflash_model.DFlashDraftModel(dflash_reference_config(qwen_target)).eval()
     path = tmp_path_factory.mktemp("dflash_ref")
     model.save_pretrained(path)
     return model, path

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from bp_rl.prompts import SPLITS, Prompt, assign_splits, load_prompts, render_prompt
+from bp_rl.prompts import SPLITS, Prompt, assign_splits, first_per_category, load_prompts, render_prompt
 
 
 def test_shipped_suite_has_four_categories_and_enough_prompts():
@@ -74,3 +74,15 @@ def test_render_wraps_only_chat_prompts():
     assert render_prompt(code, TemplateTokenizer()) == code.text
     with pytest.raises(ValueError, match="needs a chat template"):
         render_prompt(chat, None)
+
+
+def test_first_per_category_keeps_the_first_n_of_each_category_in_order():
+    test = load_prompts(split="test")
+    kept = first_per_category(test, 2)
+    categories = sorted({p.category for p in test})
+    assert Counter(p.category for p in kept) == {c: 2 for c in categories}
+    assert kept == [p for p in test if p in kept]  # order kept
+    for category in categories:
+        assert [p for p in kept if p.category == category] == [p for p in test if p.category == category][:2]
+    with pytest.raises(ValueError, match="per category must be >= 1, got 0"):
+        first_per_category(test, 0)

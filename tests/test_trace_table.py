@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import gymnasium as gym
 import numpy as np
@@ -17,6 +18,7 @@ from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs  # noqa: F401  (registers the ids)
+from bp_rl.drafters import default_drafter_name
 from bp_rl.profiles import DeviceProfile, simulate
 from bp_rl.rewards import RewardTable
 from bp_rl.trace_table import SimulatedRewards, TraceTable
@@ -199,7 +201,7 @@ def test_table_py_shows_a_trace_table_under_a_profile_only(tiny_traces_path, tin
     assert "SIMULATED under profile 'tiny-model' (model: model: tiny)" in result.stdout and "| all | 12 |" in result.stdout
     assert "first drafted token at block" in result.stdout and "ranks right above wrong with AUC" in result.stdout
     result = subprocess.run(show, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0 and "is a trace table: name a device profile (--profile NAME)" in result.stderr
+    assert result.returncode != 0 and "is a trace table: name a device profile (--profile NAME); shipped for its drafter: []" in result.stderr
 
 
 def test_first_draft_calibration_counts_every_pair_of_anchors(tiny_traces_path):
@@ -229,7 +231,8 @@ def test_trace_collection_resumes_and_loses_nothing(tmp_path):
         result = subprocess.run([*base, f"max_prompts={more}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
     table = TraceTable.load(out)
-    assert len(table.done_prompts()) == 3 and table.meta["drafter"] == "smollm2-135m-block"
+    # drafter=default is recorded as the drafter it stands for, the newest shipped one
+    assert len(table.done_prompts()) == 3 and table.meta["drafter"] == default_drafter_name(SimpleNamespace(name="smollm2-135m"))
     with sqlite3.connect(out) as db:
         assert db.execute("SELECT COUNT(DISTINCT prompt_id) FROM observations").fetchone()[0] == 3
     sampled = [*base[:2], f"out={tmp_path / 't1.sqlite'}", *base[3:], "temperature=1", "seeds=[0,1]", "max_prompts=1"]
@@ -270,3 +273,17 @@ def test_the_shipped_traces_under_the_default_profile(capsys):
     check_env(env, skip_render_check=True)
     view = env.backend.view
     assert len(view) == 129 and view.simulated_under == profile.name
+
+
+def test_table_py_lists_the_shipped_profiles_that_price_a_trace_table_measured_first():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from envs import DEFAULT_TRACES
+    from table import profiles_for
+
+    names = profiles_for(DEFAULT_TRACES)
+    profiles = [DeviceProfile.load(name) for name in names]
+    assert profiles and {p.drafter_hash for p in profiles} == {TraceTable.load(DEFAULT_TRACES).meta["drafter_hash"]}
+    kinds = [p.kind for p in profiles]
+    assert kinds[0] == "measured" and kinds == sorted(kinds)  # "measured" < "model"
+    with pytest.raises(ValueError, match="is a timed reward table: profiles price trace tables"):
+        profiles_for("smollm2-135m-block-t0")
