@@ -29,7 +29,7 @@ from bp_rl.models import model_slug
 from bp_rl.collection import parse_shard, shard_path, shard_prompts, table_metadata, wait_while_paused
 from bp_rl.measurement import DecodeSettings
 from bp_rl.outcomes import DEFAULT_BLOCK_SIZES
-from bp_rl.prompts import render_prompt
+from bp_rl.prompts import first_per_category, render_prompt
 from bp_rl.trace_table import TraceTable
 from bp_rl.traces import trace_request
 
@@ -55,6 +55,8 @@ def main(cfg: DictConfig) -> None:
     out = shard_path(Path(hydra.utils.to_absolute_path(cfg.out or f"runs/traces/{name}.sqlite")), index, count)
     table = TraceTable.create_or_resume(out, meta)
     done = table.done_prompts()
+    if cfg.per_category is not None:  # a balanced sample: the first N of each category, in suite order
+        prompts = first_per_category(prompts, cfg.per_category)
     todo = [p for p in prompts if p.id not in done][: cfg.max_prompts]
     print(f"{out}: {len(done)} prompts traced, {len(todo)} to go ({drafter_name}, block sizes {block_sizes})")
 

@@ -123,8 +123,8 @@ def main(cfg: DictConfig) -> None:
 
     # model.drafter null: whichever drafter the rewards were measured with (a name checks that they were)
     expect = {"target": cfg.model.target} | ({"drafter": cfg.model.drafter} if cfg.model.drafter is not None else {})
-    if cfg.env.backend == "trace":
-        table = simulated_rewards(cfg.env.traces, cfg.env.profile, expect, cfg.env.concurrency)
+    if cfg.env.backend == "trace" or (cfg.env.backend == "live" and cfg.env.table is None):  # live: trained on traces
+        table = simulated_rewards(cfg.env.traces, cfg.env.profile, expect, cfg.env.get("concurrency"))
         print(f"rewards SIMULATED from the traces {table.path.name} under profile {table.profile.name!r} ({table.profile.kind}: {table.profile.device})")
     else:
         table = RewardTable.load(cfg.env.table, expect=expect)
