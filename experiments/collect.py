@@ -24,11 +24,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from bp_rl.drafters import load_models
-from bp_rl.models import model_slug
 from bp_rl.collection import collect_rows, parse_shard, plan_rows, shard_path, shard_prompts, table_metadata
 from bp_rl.decoding import check_block_size
+from bp_rl.drafters import load_models
 from bp_rl.measurement import DecodeSettings, measure
+from bp_rl.models import model_slug
 from bp_rl.outcomes import DEFAULT_BLOCK_SIZES
 from bp_rl.prompts import SPLITS, first_per_category, render_prompt
 from bp_rl.rewards import RewardTable

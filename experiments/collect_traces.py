@@ -24,10 +24,10 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from bp_rl.drafters import load_models
-from bp_rl.models import model_slug
 from bp_rl.collection import parse_shard, shard_path, shard_prompts, table_metadata, wait_while_paused
+from bp_rl.drafters import load_models
 from bp_rl.measurement import DecodeSettings
+from bp_rl.models import model_slug
 from bp_rl.outcomes import DEFAULT_BLOCK_SIZES
 from bp_rl.prompts import first_per_category, render_prompt
 from bp_rl.trace_table import TraceTable
@@ -51,7 +51,8 @@ def main(cfg: DictConfig) -> None:
     meta = table_metadata(target, drafter, drafter_name, cfg.suite, settings, block_sizes, dims, " ".join(sys.argv))
     if seeds:
         meta["seeds"] = seeds
-    name = cfg.name or f"{model_slug(cfg.target)}_{model_slug(drafter_name)}_traces" + (f"-t{settings.temperature:g}" if settings.temperature > 0 else "")
+    sampled = f"-t{settings.temperature:g}" if settings.temperature > 0 else ""  # a table holds one temperature
+    name = cfg.name or f"{model_slug(cfg.target)}_{model_slug(drafter_name)}_traces{sampled}"
     out = shard_path(Path(hydra.utils.to_absolute_path(cfg.out or f"runs/traces/{name}.sqlite")), index, count)
     table = TraceTable.create_or_resume(out, meta)
     done = table.done_prompts()
