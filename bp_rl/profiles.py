@@ -239,11 +239,15 @@ class DeviceProfile:
 
 def shipped_profiles(drafter_hash: str | None = None) -> list[str]:
     """Names of the shipped profiles; given a drafter's hash, only those that time it, measured ones first."""
-    names = sorted(p.stem for p in SHIPPED_PROFILES_DIR.glob("*.json")) if SHIPPED_PROFILES_DIR.is_dir() else []
-    if drafter_hash is None:
-        return names
-    fitting = [p for p in map(DeviceProfile.load, names) if p.drafter_hash == drafter_hash]
-    return [p.name for p in sorted(fitting, key=lambda p: PROFILE_KINDS.index(p.kind))]  # stable: by name within a kind
+    if drafter_hash is not None:
+        return [p.name for p in _shipped_for(drafter_hash)]
+    return sorted(p.stem for p in SHIPPED_PROFILES_DIR.glob("*.json")) if SHIPPED_PROFILES_DIR.is_dir() else []
+
+
+def _shipped_for(drafter_hash: str) -> list[DeviceProfile]:
+    """The shipped profiles that time this drafter, measured ones first (by name within a kind)."""
+    fitting = [p for p in map(DeviceProfile.load, shipped_profiles()) if p.drafter_hash == drafter_hash]
+    return sorted(fitting, key=lambda p: PROFILE_KINDS.index(p.kind))
 
 
 _DEVICE = re.compile(r"^(?P<name>.*?)(?:, family (?P<family>\d+) model (?P<model>\d+))?(?: \((?P<threads>\d+) threads\))?$")
@@ -263,7 +267,7 @@ def default_profile(drafter_hash: str, device: torch.device | str = "cpu") -> De
     """The shipped measured profile of this machine for this drafter, else the closest shipped one
     (`device_distance`), saying so; a clear error when none fits."""
     here = device_name(device)
-    fitting = [p for p in map(DeviceProfile.load, shipped_profiles()) if p.drafter_hash == drafter_hash and p.kind == "measured"]
+    fitting = [p for p in _shipped_for(drafter_hash) if p.kind == "measured"]
     if not fitting:
         raise ValueError(
             f"no shipped profile times drafter {drafter_hash} (shipped: {shipped_profiles()}); measure this machine's: "
@@ -380,6 +384,11 @@ ACCELERATORS = {
 }
 
 
+def roofline_profile_name(accelerator: str, target_name: str, drafter_name: str) -> str:
+    """The name `roofline_profile` gives its model of `accelerator` for these models."""
+    return f"roofline-{accelerator}_{model_slug(target_name)}_{model_slug(drafter_name)}"
+
+
 def roofline_profile(
     target: Target, drafter: Drafter, drafter_name: str, accelerator: str = "h200", bytes_per_value: int = 2,
     block_sizes: tuple[int, ...] = DEFAULT_BLOCK_SIZES, contexts: tuple[int, ...] = (64, 256, 512, 1024),
@@ -413,7 +422,7 @@ def roofline_profile(
     head = drafter.draft_head().numel() if hasattr(drafter, "draft_head") else 0
     draft = {b: seconds((own + head) * bytes_per_value, 2 * (own + head) * b) if own else 0.0 for b in block_sizes if b > 1}
     return DeviceProfile(
-        name=f"roofline-{accelerator}_{model_slug(target.name)}_{model_slug(drafter_name)}", kind="model", device=f"model: roofline of {chip.name}",
+        name=roofline_profile_name(accelerator, target.name, drafter_name), kind="model", device=f"model: roofline of {chip.name}",
         target=target.name, drafter=drafter_name, drafter_hash=drafter_fingerprint(drafter),
         verify={n: {c: target_pass(n, c) for c in contexts} for n in block_sizes}, draft=draft,
         prefill={n: target_pass(n, 0) for n in prompt_lengths}, overhead={b: 0.0 for b in block_sizes}, versions=library_versions(),

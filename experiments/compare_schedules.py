@@ -32,9 +32,8 @@ import numpy as np
 from tqdm import tqdm
 
 from agents import FitData, LabelledSet, agent_policy, best_policy, make_agent, run_policies, summarise
-from bp_rl.models import model_slug
 from bp_rl.outcomes import request_tokens_per_second
-from bp_rl.profiles import DeviceProfile, default_profile, simulate
+from bp_rl.profiles import DeviceProfile, default_profile, roofline_profile_name, simulate
 from bp_rl.schedules import ACTION_SETS, action_set, assistant_schedule, confidence_schedule, optimal_schedule
 from bp_rl.trace_table import SimulatedRewards, TraceTable
 from bp_rl.traces import as_action
@@ -190,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     traces = TraceTable.load(args.traces)
     if args.profiles is None:
         measured = default_profile(traces.meta["drafter_hash"])
-        args.profiles = [measured.name, f"flat-{measured.name}", f"roofline-h200_{model_slug(measured.target)}_{model_slug(measured.drafter)}"]
+        args.profiles = [measured.name, f"flat-{measured.name}", roofline_profile_name("h200", measured.target, measured.drafter)]
     runs = []
     for name in args.profiles:
         base = DeviceProfile.load(name)
