@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from transformers import DynamicCache, Qwen3Config
 from transformers.models.qwen3.modeling_qwen3 import Qwen3MLP, Qwen3RMSNorm, Qwen3RotaryEmbedding
 
-from bp_rl.drafter import Draft, DraftContext, Drafter
+from bp_rl.drafter import Draft, DraftContext, Drafter, entropy_of
 from bp_rl.models import Target
 from bp_rl.sampling import Sampler
 
@@ -215,15 +215,16 @@ class BlockDrafter(nn.Module, Drafter):
         logits = F.linear(hidden[0, 1:], self.draft_head()).float()
         ids = self.draft_token_ids
         if sampler.greedy:
-            confidence, best = logits.softmax(dim=-1).max(dim=-1)
-            return Draft(best if ids is None else ids[best], confidence=confidence)
+            p = logits.softmax(dim=-1)
+            confidence, best = p.max(dim=-1)
+            return Draft(best if ids is None else ids[best], confidence=confidence, entropy=entropy_of(p))
         q = sampler.probs(logits)
         drawn, confidence = sampler.draw(q), q.max(dim=-1).values
         if ids is None:
-            return Draft(drawn, q, confidence)
+            return Draft(drawn, q, confidence, entropy_of(q))
         # q over the full vocabulary: zero outside the draft vocabulary, so verification stays exact
         full = torch.zeros(q.shape[0], self.config.vocab_size, dtype=q.dtype, device=q.device)
-        return Draft(ids[drawn], full.index_copy_(1, ids, q), confidence)
+        return Draft(ids[drawn], full.index_copy_(1, ids, q), confidence, entropy_of(q))
 
     # --- construction, binding, persistence ---------------------------------------------------
     @classmethod

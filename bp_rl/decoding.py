@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from bp_rl.drafter import Draft, DraftContext, Drafter, layer_states
+from bp_rl.drafter import Draft, DraftContext, Drafter, entropy_of, layer_states
 from bp_rl.models import Target
 from bp_rl.outcomes import request_tokens_per_second
 from bp_rl.sampling import Sampler
@@ -85,6 +85,18 @@ class DraftedBlock:
         if self.draft.probs is not None:
             return self.draft.probs.max(dim=-1).values.tolist()
         return [1.0] * len(self.draft.tokens)
+
+    @property
+    def entropy(self) -> list[float]:
+        """The entropy (nats) of the drafter's distribution per drafted slot: as the drafter reports it,
+        else of the distribution it drew from, else 0 (a deterministic drafter's proposals)."""
+        if self.draft is None:
+            return []
+        if self.draft.entropy is not None:
+            return self.draft.entropy.tolist()
+        if self.draft.probs is not None:
+            return entropy_of(self.draft.probs).tolist()
+        return [0.0] * len(self.draft.tokens)
 
 
 @dataclass

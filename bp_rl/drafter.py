@@ -26,6 +26,12 @@ class Draft:
     tokens: torch.Tensor  # (k,) long
     probs: torch.Tensor | None = None  # (k, vocab); None: deterministic proposal (one-hot q)
     confidence: torch.Tensor | None = None  # (k,) the drafter's top-1 probability per slot; None: not known
+    entropy: torch.Tensor | None = None  # (k,) entropy (nats) of the drafter's distribution per slot; None: not known
+
+
+def entropy_of(probs: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of each row of `probs` (..., vocab): what an entropy-based stopping rule reads."""
+    return -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1)
 
 
 @dataclass

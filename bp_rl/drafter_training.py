@@ -19,6 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from bp_rl.block_drafter import BlockDrafter
+from bp_rl.drafter import entropy_of
 
 
 @dataclass
@@ -206,9 +207,10 @@ def drafts_at_anchors(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A greedy draft of `block_size - 1` tokens from every anchor of `tokens`, in one packed pass.
 
-    `block_sizes`: one for every anchor, or a block size per anchor. Returns (matches, confidence),
-    each (anchors, largest block - 1): whether each drafted slot equals the token in `tokens` there
-    (False past the end of the sequence or of its block), and the drafter's top-1 probability (0 past its block).
+    `block_sizes`: one for every anchor, or a block size per anchor. Returns (matches, confidence,
+    entropy), each (anchors, largest block - 1): whether each drafted slot equals the token in `tokens`
+    there (False past the end of the sequence or of its block), the drafter's top-1 probability and the
+    entropy of its distribution (nats; both 0 past its block).
     """
     sizes = torch.as_tensor(block_sizes, dtype=torch.long)
     if sizes.dim() == 0:
@@ -225,6 +227,9 @@ def drafts_at_anchors(
     block_of = torch.arange(len(anchors)).repeat_interleave(sizes)[drafted_slot]
     matches = torch.zeros(len(anchors), largest - 1, dtype=torch.bool)
     confidence = torch.zeros(len(anchors), largest - 1)
-    matches[block_of, batch.offsets[drafted_slot] - 1] = hits
-    confidence[block_of, batch.offsets[drafted_slot] - 1] = top1.cpu()
-    return matches, confidence
+    entropy = torch.zeros(len(anchors), largest - 1)
+    slot = (block_of, batch.offsets[drafted_slot] - 1)
+    matches[slot] = hits
+    confidence[slot] = top1.cpu()
+    entropy[slot] = entropy_of(probs).cpu()
+    return matches, confidence, entropy

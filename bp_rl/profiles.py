@@ -114,6 +114,18 @@ def _interpolate(points: dict[int, float], x: float) -> float:
     return points[x0] + (points[x1] - points[x0]) * (x - x0) / (x1 - x0)
 
 
+def _between_sizes(by_size: dict[int, float], n: int, what: str, profile: str) -> float:
+    """The value at `n` tokens: as profiled, else linear between the nearest profiled sizes around it."""
+    if n in by_size:
+        return by_size[n]
+    sizes = sorted(by_size)
+    if not sizes[0] < n < sizes[-1]:
+        raise ValueError(f"profile {profile!r} has no {what} for {n} tokens; profiled: {sizes}")
+    i = bisect.bisect_right(sizes, n)
+    low, high = sizes[i - 1], sizes[i]
+    return by_size[low] + (by_size[high] - by_size[low]) * (n - low) / (high - low)
+
+
 @dataclass
 class DeviceProfile:
     """Seconds of each pass of decoding one target (and drafter) on one device."""
@@ -182,9 +194,10 @@ class DeviceProfile:
         )
 
     def verify_seconds(self, n: int, context: int) -> float:
-        if n not in self.verify:
-            raise ValueError(f"profile {self.name!r} has no verify cost for {n} tokens; profiled: {list(self.block_sizes)}")
-        return _interpolate(self.verify[n], context)
+        """A target pass verifying `n` tokens at `context`. Counts between the profiled block sizes (the
+        short proposals of prompt lookup, the budget's last cycles) are interpolated linearly between
+        the nearest profiled ones."""
+        return _between_sizes({m: _interpolate(by_c, context) for m, by_c in self.verify.items()}, n, "verify cost", self.name)
 
     def draft_seconds(self, block_size: int) -> float:
         if block_size == 1:
@@ -197,9 +210,8 @@ class DeviceProfile:
         """One cycle drafting at `block_size` and verifying `verify` tokens (default: the whole block).
         The loop overhead is the verify count's: it follows the tokens the target passes and rolls back."""
         verify = block_size if verify is None else verify
-        if verify not in self.overhead:
-            raise ValueError(f"profile {self.name!r} has no loop overhead for {verify} tokens; profiled: {sorted(self.overhead)}")
-        return self.draft_seconds(block_size) + self.verify_seconds(verify, context) + self.overhead[verify]
+        overhead = _between_sizes(self.overhead, verify, "loop overhead", self.name)
+        return self.draft_seconds(block_size) + self.verify_seconds(verify, context) + overhead
 
     def prefill_seconds(self, prompt_tokens: int) -> float:
         return _interpolate(self.prefill, prompt_tokens)
@@ -340,8 +352,8 @@ def measure_profile(
     for b, runs in decodes.items():  # greedy: every run of a block decodes the same cycles
         timed = runs[warmup:]
         context, passes_seconds = len(decode_prompt) + 1, 0.0
-        for committed in timed[0].acceptance_lengths:
-            passes_seconds += profile.cycle_seconds(b, context)
+        for committed, verified in zip(timed[0].acceptance_lengths, timed[0].verify_counts):
+            passes_seconds += profile.cycle_seconds(b, context, verified)  # the budget's last cycles verify fewer
             context += committed
         real = statistics.median(stats.decode_seconds for stats in timed)
         profile.overhead[b] = (real - passes_seconds) / timed[0].cycles
@@ -461,6 +473,7 @@ def price_cycles(prompt_tokens: int, new_tokens: int, cycles: list[Cycle], profi
     for cycle in cycles:
         stats.decode_seconds += profile.cycle_seconds(cycle.block, context, cycle.verify)
         stats.block_sizes.append(cycle.block)
+        stats.verify_counts.append(cycle.verify)
         stats.acceptance_lengths.append(cycle.committed)
         context += cycle.committed
     return stats

@@ -2,7 +2,8 @@
 
 One SQLite file (`bp_rl.table_file`) for one (target, drafter, decoding settings) combination:
 `meta`, `prompts` and `observations` as in the reward table, and `traces`: per prompt the greedy
-continuation, `accepted[block][anchor]` and the drafter's confidence per drafted slot. Above T=0
+continuation, `accepted[block][anchor]` and the drafter's confidence and entropy per drafted slot
+(entropy is NULL in rows traced before it was kept; such a file gains the column on resume). Above T=0
 (`settings.temperature > 0`) the table holds `samples` instead: per prompt, the per-cycle committed
 counts of one seeded real decode per (block size, seed) (`SampledTrace`: a sample, and the seeds
 are part of the table's identity). A trace holds no timing, so one table serves every machine: `view(feature_set, split, profile)` turns it
@@ -33,11 +34,12 @@ KIND = "acceptance-traces"  # what `meta.kind` says, so a reward table is never 
 # Traces made under different values of these never share a file.
 IDENTITY_KEYS = ("schema_version", "kind", "suite", "target", "dtype", "drafter", "drafter_hash", "settings", "block_sizes", "feature_sets", "seeds")
 SHIPPED_TRACES_DIR = Path(__file__).parent / "data" / "traces"
+TRACE_COLUMNS = "prompt_id, prompt_tokens, tokens, accepted, confidence, seconds, entropy"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS traces (
     prompt_id TEXT PRIMARY KEY, prompt_tokens INTEGER NOT NULL, tokens BLOB NOT NULL,
-    accepted BLOB NOT NULL, confidence BLOB NOT NULL, seconds REAL NOT NULL);
+    accepted BLOB NOT NULL, confidence BLOB NOT NULL, seconds REAL NOT NULL, entropy BLOB);
 CREATE TABLE IF NOT EXISTS samples (
     prompt_id TEXT PRIMARY KEY, prompt_tokens INTEGER NOT NULL, cycles TEXT NOT NULL, seconds REAL NOT NULL);
 """
@@ -64,6 +66,9 @@ class TraceTable(table_file.TableFile):
         difference = table_file.mismatch(table.meta, meta, IDENTITY_KEYS)
         if difference:
             raise ValueError(f"{path} holds traces made under other settings, refusing to mix them: {difference}")
+        if "entropy" not in table._trace_columns():  # a file from before entropies were kept: its old rows stay NULL
+            with table.db:
+                table.db.execute("ALTER TABLE traces ADD COLUMN entropy BLOB")
         return table
 
     @classmethod
@@ -78,6 +83,14 @@ class TraceTable(table_file.TableFile):
     @property
     def temperature(self) -> float:
         return float(self.meta["settings"]["temperature"])
+
+    @property
+    def keeps_entropy(self) -> bool:
+        """Whether every trace here has the drafter's per-slot entropies (files traced before they were kept have none)."""
+        return "entropy" in self._trace_columns() and not self.db.execute("SELECT 1 FROM traces WHERE entropy IS NULL LIMIT 1").fetchone()
+
+    def _trace_columns(self) -> set[str]:
+        return {column[1] for column in self.db.execute("PRAGMA table_info(traces)")}
 
     @property
     def sampled(self) -> bool:
@@ -107,13 +120,15 @@ class TraceTable(table_file.TableFile):
                                 (prompt.id, trace.prompt_tokens, json.dumps({str(b): c for b, c in trace.cycles.items()}), seconds))
             return
         accepted = np.array([trace.accepted[b] for b in self.block_sizes], dtype=np.uint8)
-        confidence = np.concatenate([np.array(trace.confidence[b], dtype=np.float16).reshape(-1) for b in self.block_sizes])
+        def slots(per_slot: dict[int, list[list[float]]]) -> bytes:  # every block's slots, one block after another
+            return np.concatenate([np.array(per_slot[b], dtype=np.float16).reshape(-1) for b in self.block_sizes]).tobytes()
+
         with self.db:
             table_file.add_prompt(self.db, prompt, trace.prompt_tokens, trace.observations)
             self.db.execute(
-                "INSERT OR IGNORE INTO traces VALUES (?, ?, ?, ?, ?, ?)",
+                f"INSERT OR IGNORE INTO traces ({TRACE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (prompt.id, trace.prompt_tokens, np.array(trace.tokens, dtype=np.int32).tobytes(), accepted.tobytes(),
-                 confidence.tobytes(), seconds),
+                 slots(trace.confidence), seconds, slots(trace.entropy) if trace.entropy else None),
             )
 
     def merge_from(self, other: "TraceTable") -> int:
@@ -124,7 +139,9 @@ class TraceTable(table_file.TableFile):
         before = self.db.total_changes
         with self.db:
             table_file.copy_prompts(self.db, other.db)
-            self.db.executemany("INSERT OR IGNORE INTO traces VALUES (?, ?, ?, ?, ?, ?)", other.db.execute("SELECT * FROM traces"))
+            columns = TRACE_COLUMNS if "entropy" in other._trace_columns() else TRACE_COLUMNS.removesuffix(", entropy")
+            self.db.executemany(f"INSERT OR IGNORE INTO traces ({columns}) VALUES ({', '.join('?' * len(columns.split(',')))})",
+                                other.db.execute(f"SELECT {columns} FROM traces"))
             if self.sampled:
                 self.db.executemany("INSERT OR IGNORE INTO samples VALUES (?, ?, ?, ?)", other.db.execute("SELECT * FROM samples"))
         return self.db.total_changes - before
@@ -145,19 +162,33 @@ class TraceTable(table_file.TableFile):
                 raise KeyError(f"no trace of prompt {prompt_id!r} in {self.path}")
             cycles = {int(b): c for b, c in json.loads(row[1]).items()}
             return SampledTrace(row[0], self.temperature, tuple(self.meta["seeds"]), cycles)
-        row = self.db.execute("SELECT prompt_tokens, tokens, accepted, confidence FROM traces WHERE prompt_id = ?", (prompt_id,)).fetchone()
+        entropy_column = "entropy" if "entropy" in self._trace_columns() else "NULL"
+        row = self.db.execute(f"SELECT prompt_tokens, tokens, accepted, confidence, {entropy_column} FROM traces WHERE prompt_id = ?",
+                              (prompt_id,)).fetchone()
         if row is None:
             raise KeyError(f"no trace of prompt {prompt_id!r} in {self.path}")
-        prompt_tokens, tokens, accepted, confidence = row
+        prompt_tokens, tokens, accepted, confidence, entropy = row
         tokens = np.frombuffer(tokens, dtype=np.int32).tolist()
         anchors = max(0, len(tokens) - 1)
         accepted = np.frombuffer(accepted, dtype=np.uint8).reshape(len(self.block_sizes), anchors)
-        slots = np.frombuffer(confidence, dtype=np.float16).astype(np.float32)
-        confidences, start = {}, 0
-        for b in self.block_sizes:
-            confidences[b] = slots[start : start + anchors * (b - 1)].reshape(anchors, b - 1).tolist()
-            start += anchors * (b - 1)
-        return AcceptanceTrace(prompt_tokens, tokens, {b: accepted[k].tolist() for k, b in enumerate(self.block_sizes)}, confidences)
+
+        def per_block(blob: bytes) -> dict[int, list[list[float]]]:  # slots of every block, one block after another
+            slots, start, out = np.frombuffer(blob, dtype=np.float16).astype(np.float32), 0, {}
+            for b in self.block_sizes:
+                out[b] = slots[start : start + anchors * (b - 1)].reshape(anchors, b - 1).tolist()
+                start += anchors * (b - 1)
+            return out
+
+        return AcceptanceTrace(prompt_tokens, tokens, {b: accepted[k].tolist() for k, b in enumerate(self.block_sizes)},
+                               per_block(confidence), entropy=per_block(entropy) if entropy is not None else {})
+
+    def continuation(self, prompt_id: str) -> list[int] | None:
+        """The greedy continuation traced for `prompt_id` (None if not traced): what another drafter's
+        trace of the same target and settings can start from instead of decoding it again."""
+        if self.sampled:
+            raise ValueError(f"{self.path} holds sampled decodes (T={self.temperature:g}), not greedy continuations")
+        row = self.db.execute("SELECT tokens FROM traces WHERE prompt_id = ?", (prompt_id,)).fetchone()
+        return None if row is None else np.frombuffer(row[0], dtype=np.int32).tolist()
 
     def check_profile(self, profile: DeviceProfile) -> DeviceProfile:
         """`profile`, if it times this table's target and drafter at every traced block size; else a clear error."""

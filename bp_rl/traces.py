@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from bp_rl.block_drafter import BlockDrafter
+from bp_rl.decoding import check_block_size
 from bp_rl.drafter import DraftContext, Drafter, layer_states
 from bp_rl.drafter_training import DraftVocabulary, drafts_at_anchors
 from bp_rl.measurement import DecodeSettings, start_request
@@ -47,7 +48,7 @@ class Cycle:
     """One replayed (or decoded) cycle."""
 
     block: int
-    verify: int
+    verify: int  # tokens the verify pass took, the anchor included (fewer than chosen where the drafter proposed fewer)
     committed: int  # tokens committed, bonus included
     confidence: tuple[float, ...] = ()  # the drafter's top-1 probability at each drafted slot
 
@@ -60,6 +61,7 @@ class CycleState:
     budget: int  # new tokens this request may still commit, at most
     history: list[Cycle] = field(default_factory=list)
     draft: tuple[float, ...] | None = None  # drafted-first schedules: this cycle's draft confidences, already made
+    draft_entropy: tuple[float, ...] | None = None  # and their entropies (nats), where the trace or drafter has them
 
     def record(self, cycle: Cycle) -> None:
         """Account for a finished cycle."""
@@ -79,6 +81,8 @@ class AcceptanceTrace:
     `confidence[b][i]`: the drafter's top-1 probability at each of that cycle's b - 1 drafted slots
     (1 where a deterministic drafter proposed a token, 0 where it proposed none).
     `observations`: the prefill's observation vector per feature set, as the reward table keeps them.
+    `entropy[b][i]`: the entropy (nats) of the drafter's distribution at each of those slots (0 for a
+    deterministic drafter); empty for traces collected before it was kept.
     """
 
     prompt_tokens: int
@@ -86,6 +90,7 @@ class AcceptanceTrace:
     accepted: dict[int, list[int]]
     confidence: dict[int, list[list[float]]]
     observations: dict[str, np.ndarray] = field(default_factory=dict)
+    entropy: dict[int, list[list[float]]] = field(default_factory=dict)
 
     @property
     def block_sizes(self) -> tuple[int, ...]:
@@ -106,6 +111,14 @@ class AcceptanceTrace:
             accepted = min(accepted, verify - 1)
         return min(accepted + 1, self.anchors - anchor)
 
+    def verified(self, anchor: int, block_size: int, verify: int | None = None) -> int:
+        """Tokens the target verifies in that cycle, the anchor included: the chosen count (default: the
+        whole block), or fewer where the drafter proposed fewer (prompt lookup's short matches, the
+        budget's last cycles), as decoding does. Proposed slots are those with a confidence above 0."""
+        verify = block_size if verify is None else verify
+        proposed = sum(1 for p in self.confidence[block_size][anchor] if p > 0)
+        return 1 + min(verify - 1, proposed)
+
     def replay(self, schedule: Callable[[CycleState], Action], draft_block: int | None = None) -> list[Cycle]:
         """Every cycle when `schedule` picks each cycle's action (a block size or (block, verify)).
 
@@ -116,10 +129,12 @@ class AcceptanceTrace:
             anchor = state.committed - 1
             if draft_block is not None:
                 state.draft = tuple(self.confidence[draft_block][anchor])
+                state.draft_entropy = tuple(self.entropy[draft_block][anchor]) if self.entropy else None
             block, verify = as_action(schedule(state))
             if draft_block is not None and block != draft_block:
                 raise ValueError(f"the draft was made at block {draft_block}: a drafted-first schedule chose block {block}")
-            state.record(Cycle(block, verify, self.committed(anchor, block, verify), tuple(self.confidence[block][anchor])))
+            committed = self.committed(anchor, block, verify)  # first: it explains a block the trace lacks
+            state.record(Cycle(block, self.verified(anchor, block, verify), committed, tuple(self.confidence[block][anchor])))
         return state.history
 
     def acceptance_lengths(self, block_size: int) -> list[int]:
@@ -178,7 +193,7 @@ def estimated_acceptance(
     anchors = torch.arange(loss_start, len(tokens) - 1)  # the prefill commits token `loss_start`, the first anchor
     if len(anchors) == 0:
         return []
-    matches, confidence = drafts_at_anchors(drafter, embedding, vocab, features, tokens, anchors, block_size)
+    matches, confidence, _ = drafts_at_anchors(drafter, embedding, vocab, features, tokens, anchors, block_size)
     trace = AcceptanceTrace(loss_start, tokens[loss_start:].tolist(), {block_size: matches.long().cumprod(dim=1).sum(dim=1).tolist()},
                             {block_size: confidence.tolist()})
     return trace.acceptance_lengths(block_size)
@@ -200,10 +215,18 @@ def trace_request(
     stop_token_ids: list[int] | None = None,
     feature_sets: tuple[str, ...] = (),
     seeds: list[int] | tuple[int, ...] | None = None,
+    continuation: list[int] | None = None,
+    decode_block: int = 1,
 ) -> AcceptanceTrace | SampledTrace:
     """The exact T=0 acceptance trace of `prompt` for every block size in `block_sizes`, and the
     observations of `feature_sets` read off its prefill. Above T=0 (`seeds` required): a
-    `SampledTrace` of one real decode per block size and seed."""
+    `SampledTrace` of one real decode per block size and seed.
+
+    The greedy decode that finds the continuation is most of a trace's cost. `continuation`: the
+    target's greedy continuation when it is already known (it depends on the target, prompt and
+    settings only, so another drafter's trace gives it), and no decode runs. `decode_block`: decode it
+    speculatively with `drafter` at this block size (lossless at T=0, so the same tokens up to
+    floating-point ties, and faster where the drafter accepts); 1 decodes autoregressively."""
     bad = [b for b in block_sizes if not isinstance(b, int) or not 1 <= b <= drafter.max_block_size]
     if bad:
         raise ValueError(f"block sizes {bad} are outside [1, {drafter.max_block_size}] for this drafter")
@@ -214,27 +237,38 @@ def trace_request(
         if not seeds:
             raise ValueError(f"above T=0 a trace is a sample of seeded decodes: pass seeds (e.g. [0, 1, 2]), got {seeds!r}")
         return _sampled_trace(target, drafter, prompt, block_sizes, settings, tuple(seeds), stop_token_ids, feature_sets)
-    decoder, observations = start_request(target, None, prompt, settings, feature_sets, stop_token_ids=stop_token_ids)
-    decoder.decode(1)
-    new = decoder.new_token_ids
+    decoding = drafter if continuation is None and decode_block > 1 else None
+    check_block_size(decoding, decode_block if decoding is not None else 1)
+    decoder, observations = start_request(target, decoding, prompt, settings, feature_sets, stop_token_ids=stop_token_ids)
     prompt_ids = decoder.prompt_ids
-    sequence = decoder.tokens
+    if continuation is None:
+        decoder.decode(decode_block if decoding is not None else 1)
+        new = decoder.new_token_ids
+    else:
+        new = [int(t) for t in continuation]
+        if not 1 <= len(new) <= max_new_tokens or new[0] != decoder.new_token_ids[0]:
+            raise ValueError(f"the continuation given ({len(new)} tokens, first {new[:1]}) is not this target's greedy continuation of "
+                             f"this prompt: it must start with the prefill's token {decoder.new_token_ids[:1]} and hold at most "
+                             f"max_new_tokens={max_new_tokens} tokens")
+    sequence = torch.cat([prompt_ids, torch.tensor(new, dtype=prompt_ids.dtype, device=prompt_ids.device)])
     anchors = list(range(len(new) - 1))  # new token i sits at position P + i
     make_drafts = _packed_drafts if isinstance(drafter, BlockDrafter) else _drafts_one_by_one
     drafts = make_drafts(target, drafter, sequence, len(prompt_ids))
     accepted: dict[int, list[int]] = {}
     confidence: dict[int, list[list[float]]] = {}
+    entropy: dict[int, list[list[float]]] = {}
     for b in sorted(set(block_sizes)):
-        accepted[b], confidence[b] = [0] * len(anchors), [[0.0] * (b - 1) for _ in anchors]
+        accepted[b], confidence[b], entropy[b] = [0] * len(anchors), [[0.0] * (b - 1) for _ in anchors], [[0.0] * (b - 1) for _ in anchors]
         sizes = [effective_block(b, i, max_new_tokens) for i in anchors]  # near the budget, decoding drafts fewer
         drafting = [i for i in anchors if sizes[i] > 1]
         if not drafting:
             continue
-        for i, matches, top1 in zip(drafting, *drafts(drafting, [sizes[i] for i in drafting])):
+        for i, matches, top1, spread in zip(drafting, *drafts(drafting, [sizes[i] for i in drafting])):
             accepted[b][i] = int(np.cumprod(matches[: sizes[i] - 1]).sum())
             drafted = top1[: sizes[i] - 1]  # a deterministic drafter may propose fewer
             confidence[b][i][: len(drafted)] = drafted
-    return AcceptanceTrace(len(prompt_ids), new, accepted, confidence, observations)
+            entropy[b][i][: len(drafted)] = spread[: len(drafted)]
+    return AcceptanceTrace(len(prompt_ids), new, accepted, confidence, observations, entropy)
 
 
 def _sampled_trace(
@@ -254,8 +288,8 @@ def _sampled_trace(
     return SampledTrace(decoder.stats.prompt_tokens, settings.temperature, seeds, cycles, observations)
 
 
-# anchors, block size per anchor -> (slot matches, slot confidences) per anchor
-Drafts = Callable[[list[int], list[int]], tuple[list[list[bool]], list[list[float]]]]
+# anchors, block size per anchor -> (slot matches, slot confidences, slot entropies) per anchor
+Drafts = Callable[[list[int], list[int]], tuple[list[list[bool]], list[list[float]], list[list[float]]]]
 
 
 def _packed_drafts(target: Target, drafter: BlockDrafter, sequence: torch.Tensor, prompt_tokens: int) -> Drafts:
@@ -267,15 +301,15 @@ def _packed_drafts(target: Target, drafter: BlockDrafter, sequence: torch.Tensor
 
     def drafts(anchors: list[int], blocks: list[int]):
         positions = torch.tensor(anchors) + prompt_tokens
-        matches, top1 = drafts_at_anchors(drafter, embedding, vocab, features, sequence.cpu(), positions, torch.tensor(blocks))
-        return matches.tolist(), top1.tolist()
+        matches, top1, entropy = drafts_at_anchors(drafter, embedding, vocab, features, sequence.cpu(), positions, torch.tensor(blocks))
+        return matches.tolist(), top1.tolist(), entropy.tolist()
 
     return drafts
 
 
 def _drafts_one_by_one(target: Target, drafter: Drafter, sequence: torch.Tensor, prompt_tokens: int) -> Drafts:
     """Drafts from one `propose` call per anchor, for drafters that read no target states (prompt lookup
-    and other deterministic drafters: confidence 1 per proposed token)."""
+    and other deterministic drafters: confidence 1 and entropy 0 per proposed token)."""
     if drafter.target_layer_ids:
         raise ValueError(f"{type(drafter).__name__} reads target hidden states: only a BlockDrafter can be traced so")
 
@@ -288,6 +322,6 @@ def _drafts_one_by_one(target: Target, drafter: Drafter, sequence: torch.Tensor,
             truth = sequence[position + 1 : position + 1 + len(proposal)].tolist()
             matches.append([p == t for p, t in zip(proposal, truth)])
             confidences.append([1.0] * len(proposal))
-        return matches, confidences
+        return matches, confidences, [[0.0] * len(proposal) for proposal in confidences]
 
     return drafts

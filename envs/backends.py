@@ -69,6 +69,7 @@ class CycleRequest(Protocol):
     ar_new_tokens: int
     token_ids: list[int]  # the new tokens committed so far
     concurrency: int  # the batch it is served in (1: alone)
+    draft_entropy: tuple[float, ...] | None  # the newest draft's entropy per drafted slot (None: not known)
 
     def draft(self, block_size: int) -> tuple[float, ...]:
         """Make this cycle's draft; returns the drafter's top-1 probability per drafted slot."""
@@ -101,6 +102,7 @@ class TraceRequest:
         self.trace, self.profile = trace, profile
         self.concurrency = profile.concurrency
         self.anchor, self.block = 0, None
+        self.draft_entropy: tuple[float, ...] | None = None
         self.done = trace.anchors == 0
         self.prefill_seconds = profile.prefill_seconds(trace.prompt_tokens)
         self.ar_decode_seconds = simulate(trace, profile, 1).decode_seconds
@@ -108,11 +110,14 @@ class TraceRequest:
 
     def draft(self, block_size: int) -> tuple[float, ...]:
         self.block = block_size
+        entropy = self.trace.entropy.get(block_size)  # traces collected before entropies were kept have none
+        self.draft_entropy = tuple(entropy[self.anchor]) if entropy else None
         return tuple(self.trace.confidence[block_size][self.anchor])
 
     def verify(self, count: int) -> tuple[int, float]:
         committed = self.trace.committed(self.anchor, self.block, count)
-        seconds = self.profile.cycle_seconds(self.block, self.trace.prompt_tokens + self.anchor + 1, count)
+        verified = self.trace.verified(self.anchor, self.block, count)
+        seconds = self.profile.cycle_seconds(self.block, self.trace.prompt_tokens + self.anchor + 1, verified)
         self.anchor += committed
         self.done = self.anchor == self.trace.anchors
         return committed, seconds
@@ -127,6 +132,7 @@ class LiveRequest:
 
     def __init__(self, decoder: SpeculativeDecoder, ar_decode_seconds: float, ar_new_tokens: int):
         self.decoder, self.drafted = decoder, None  # drafted: the DraftedBlock awaiting verification
+        self.draft_entropy: tuple[float, ...] | None = None
         self.prefill_seconds = decoder.stats.prefill_seconds
         self.ar_decode_seconds, self.ar_new_tokens = ar_decode_seconds, ar_new_tokens
         self._draft_seconds = 0.0
@@ -144,6 +150,7 @@ class LiveRequest:
         with Stopwatch(self.decoder.target.device) as clock:
             self.drafted = self.decoder.draft(block_size)
         self._draft_seconds = clock.seconds
+        self.draft_entropy = tuple(self.drafted.entropy)
         return tuple(self.drafted.confidence)
 
     def verify(self, count: int) -> tuple[int, float]:

@@ -122,6 +122,7 @@ class BlockScheduleEnv(gym.Env):
         """Under the `verify` action set, the cycle's draft comes before the decision."""
         if self.drafts_first and self._request is not None and not self._request.done:
             self.state.draft = self._request.draft(self.largest)
+            self.state.draft_entropy = self._request.draft_entropy
 
     def _observe(self) -> np.ndarray:
         state = np.zeros(self.state_dim, np.float32)

@@ -2,12 +2,15 @@
 
     python experiments/collect_traces.py                               # the shipped drafter, whole suite
     python experiments/collect_traces.py temperature=1 seeds=[0,1,2] splits=[test]   # sampled traces (T>0)
-    python experiments/collect_traces.py drafter=prompt-lookup
+    python experiments/collect_traces.py drafter=prompt-lookup continuations=smollm2-135m-block-v5-traces
     python experiments/collect_traces.py -m shard=0/2,1/2 threads=1 hydra/launcher=joblib   # two processes
     python experiments/table.py merge runs/traces/all.sqlite runs/traces/*.shard*.sqlite
 
 A trace holds no timing: collect it anywhere, with anything else running, and get rewards on any
-machine from a device profile (`experiments/profile_device.py`). Above T=0 a trace is a sample:
+machine from a device profile (`experiments/profile_device.py`). The greedy decode that finds a
+prompt's continuation is most of a trace's cost: `decode_block` decodes it speculatively (lossless
+at T=0), and `continuations=<trace table>` reuses the continuations another drafter's traces of the
+same target and settings hold, decoding only the prompts that table lacks. Above T=0 a trace is a sample:
 one real decode per (block size, seed), each seed's draws its own (`bp_rl.traces.SampledTrace`). Crash-safe and resumable: each
 prompt is one SQLite transaction and a re-run skips the prompts already traced. Like
 `collect.py`, it honours `<out>.pause` (`experiments/paused.sh`), so timed work can run beside it.
@@ -25,6 +28,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from bp_rl.collection import parse_shard, shard_path, shard_prompts, table_metadata, wait_while_paused
+from bp_rl.table_file import mismatch
 from bp_rl.drafters import load_models
 from bp_rl.measurement import DecodeSettings
 from bp_rl.models import model_slug
@@ -55,6 +59,7 @@ def main(cfg: DictConfig) -> None:
     name = cfg.name or f"{model_slug(cfg.target)}_{model_slug(drafter_name)}_traces{sampled}"
     out = shard_path(Path(hydra.utils.to_absolute_path(cfg.out or f"runs/traces/{name}.sqlite")), index, count)
     table = TraceTable.create_or_resume(out, meta)
+    source = continuation_source(cfg.continuations, meta) if cfg.continuations else None
     done = table.done_prompts()
     if cfg.per_category is not None:  # a balanced sample: the first N of each category, in suite order
         prompts = first_per_category(prompts, cfg.per_category)
@@ -67,12 +72,25 @@ def main(cfg: DictConfig) -> None:
         wait_while_paused(pause_file, bar)
         started = time.perf_counter()
         trace = trace_request(target, drafter, render_prompt(prompt, target.tokenizer), block_sizes, cfg.max_new_tokens,
-                              settings.temperature, feature_sets=feature_sets, seeds=seeds)
+                              settings.temperature, feature_sets=feature_sets, seeds=seeds,
+                              continuation=source.continuation(prompt.id) if source else None, decode_block=cfg.decode_block)
         table.add(prompt, trace, time.perf_counter() - started)
         cycles = trace.acceptance_lengths(max(block_sizes))
         bar.set_postfix(prompt=prompt.id, accepted=f"{sum(cycles) / max(1, len(cycles)):.2f}")
     table.close()
     print(f"done: {out}")
+
+
+def continuation_source(name: str, meta: dict) -> TraceTable:
+    """A trace table whose greedy continuations fit traces made under `meta`: same target, dtype,
+    suite and decoding settings at T=0 (the drafter may differ: it does not change the continuation)."""
+    if meta["settings"]["temperature"] > 0:
+        raise ValueError("continuations: above T=0 every trace decodes its own samples; reuse needs temperature=0")
+    source = TraceTable.load(name)
+    difference = mismatch(source.meta, meta, ("target", "dtype", "suite", "settings"))
+    if difference:
+        raise ValueError(f"continuations={name!r}: its continuations are not this target's under these settings: {difference}")
+    return source
 
 
 if __name__ == "__main__":

@@ -9,9 +9,12 @@ For each profile, on the test split (agents learn on train, thresholds and early
 - per request (`BlockSizeTrace-v0`): autoregressive, the grid's fixed block, the supervised oracle,
   LinUCB and PPO, and the per-request per-prompt best (their upper bound);
 - per cycle (`BlockSchedule-v0`): Hugging Face's assistant schedule; confidence-threshold verification
-  (llama.cpp `p_min` style, threshold tuned on val); "per request, then per cycle" (the oracle's block
+  (llama.cpp `p_min` style, threshold tuned on val); AdaEDL's entropy bound (lambda tuned on val; traces
+  that keep the drafter's entropies only); "per request, then per cycle" (the oracle's block
   as the assistant schedule's start); LinUCB per cycle (every cycle a bandit round, `CyclesAsEpisodes`)
-  over blocks and over (block, verify) pairs; PPO over whole requests (gamma 1);
+  over blocks and over (block, verify) pairs; PPO over whole requests (gamma 1); a learned verify rule
+  (`bp_rl.learned_schedules`: regret of each verify count regressed on the draft, fitted on train
+  against the exact optimum, ridge tuned on val);
 - the exact per-cycle optimum over each action set (dynamic programming on the trace): an upper bound.
 
 Every figure is SIMULATED: acceptance from the traces (exact at T=0), seconds from the named profile;
@@ -32,9 +35,10 @@ import numpy as np
 from tqdm import tqdm
 
 from agents import FitData, LabelledSet, agent_policy, best_policy, make_agent, run_policies, summarise
+from bp_rl.learned_schedules import fit_verify_rule
 from bp_rl.outcomes import request_tokens_per_second
 from bp_rl.profiles import DeviceProfile, default_profile, roofline_profile_name, simulate
-from bp_rl.schedules import ACTION_SETS, action_set, assistant_schedule, confidence_schedule, optimal_schedule
+from bp_rl.schedules import ACTION_SETS, action_set, assistant_schedule, confidence_schedule, entropy_schedule, optimal_schedule
 from bp_rl.trace_table import SimulatedRewards, TraceTable
 from bp_rl.traces import as_action
 from envs import DEFAULT_TRACES, make_schedule_env, make_trace_env
@@ -42,6 +46,7 @@ from envs.block_schedule import BlockScheduleEnv, CyclesAsEpisodes
 from reporting import markdown_table
 
 THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+RIDGES = (0.1, 10.0, 1000.0)
 FEATURES = "last_hidden+logit_stats+prompt_length"
 LEARNED = ("all", "none")
 
@@ -49,6 +54,13 @@ LEARNED = ("all", "none")
 def schedule_policy(schedule, env: BlockScheduleEnv):
     """A rule over the decode state (`bp_rl.schedules`) as a policy of `env`'s action indices."""
     return lambda observation, index: env.actions.index(as_action(schedule(env.state)))
+
+
+def tuned_on_val(rule, values: tuple[float, ...], val_env: BlockScheduleEnv, seed: int) -> float:
+    """The value of `rule(value)` (a schedule) among `values` with the best mean tokens/s on val."""
+    scores = {v: np.mean([r["tokens_per_second"] for r in run_policies({"rule": schedule_policy(rule(v), val_env)}, val_env, seed)["rule"]])
+              for v in values}
+    return max(scores, key=scores.get)
 
 
 def then_per_cycle(agent, request_env, env: BlockScheduleEnv):
@@ -115,17 +127,19 @@ def compare(traces: TraceTable, profile: DeviceProfile, seed: int, budget: int, 
 
     block_env, verify_env = schedule_env("test", "block"), schedule_env("test", "verify")
     val_verify = schedule_env("val", "verify")
-    val_scores = {p: np.mean([r["tokens_per_second"] for r in run_policies(
-        {"c": schedule_policy(confidence_schedule(p, blocks), val_verify)}, val_verify, seed)["c"]]) for p in THRESHOLDS}
-    threshold = max(val_scores, key=val_scores.get)
     grid_block = blocks[request_agents["grid"].choice]
     records.update(run_policies({
         f"grid block {grid_block} through the per-cycle env (replay check)": schedule_policy(lambda state: grid_block, block_env),
         "per-cycle assistant schedule (HF)": schedule_policy(assistant_schedule(blocks), block_env),
         "per-request oracle, then assistant": then_per_cycle(request_agents["oracle"], test_env, block_env),
     }, block_env, seed))
-    records.update(run_policies({f"per-cycle confidence >= {threshold} (val-tuned)": schedule_policy(confidence_schedule(threshold, blocks), verify_env)},
-                                verify_env, seed))
+    rules = {"confidence >= {}": confidence_schedule}
+    if traces.keeps_entropy:
+        rules["AdaEDL entropy bound >= {}"] = entropy_schedule
+    for label, rule in rules.items():
+        threshold = tuned_on_val(lambda t: rule(t, blocks), THRESHOLDS, val_verify, seed)
+        records.update(run_policies({f"per-cycle {label.format(threshold)} (val-tuned)": schedule_policy(rule(threshold, blocks), verify_env)},
+                                    verify_env, seed))
     if learned:
         for actions in ("block", "block_verify"):
             train_cycles = schedule_env("train", actions)
@@ -136,6 +150,11 @@ def compare(traces: TraceTable, profile: DeviceProfile, seed: int, budget: int, 
         ppo = fitted("ppo", train_cycles, train_cycles.actions, train_cycles.observation_space.shape[0], cycle_budget, gamma=1.0, gae_lambda=0.95,
                      n_steps=1024)
         records.update(run_policies({"per-cycle ppo (block)": agent_policy(ppo)}, block_env, seed))
+        train_traces = [traces.trace(pid) for pid, _, _ in traces.traced_prompts("train")]
+        fits = {r: fit_verify_rule(train_traces, profile, blocks, r) for r in RIDGES}
+        ridge = tuned_on_val(fits.get, RIDGES, val_verify, seed)
+        records.update(run_policies({f"per-cycle learned verify rule (ridge {ridge:g}, val-tuned)": schedule_policy(fits[ridge], verify_env)},
+                                    verify_env, seed))
     for actions in ACTION_SETS:
         records[f"per-cycle optimum: {actions} (bound)"] = optimum_records(rewards, "test", action_set(actions, blocks))
     grid = records["per-request grid"]

@@ -11,8 +11,9 @@
    block; beside it the same figures for one timed repeat against the median of the others (what
    the timed table itself reproduces). The profile must come from the CPU model that timed the table.
 3. With `--speed-prompts N`: the cost of tracing a prompt (every block size) against one repeat of
-   timed collection (the baseline and every block size), both timed here in this run. Run it on an
-   otherwise idle machine.
+   timed collection (the baseline and every block size), both timed here in this run; the trace's
+   greedy decode at each of `--decode-blocks` (1: autoregressive; above 1 speculative, and its tokens
+   checked against the autoregressive trace's). Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -115,8 +116,9 @@ def timing_agreement(traces: TraceTable, table: RewardTable, profile: DeviceProf
     ]
 
 
-def collection_speed(traces: TraceTable, table: RewardTable, prompts: int) -> list[str]:
-    """Trace one prompt vs one timed repeat of it (baseline + every block size), alternating, in this run."""
+def collection_speed(traces: TraceTable, table: RewardTable, prompts: int, decode_blocks: list[int]) -> list[str]:
+    """Trace one prompt (its continuation decoded at each of `decode_blocks`) vs one timed repeat of it
+    (baseline + every block size), alternating, in this run."""
     from bp_rl import load_drafter, load_target
     from bp_rl.measurement import DecodeSettings, measure
     from bp_rl.prompts import load_prompts, render_prompt
@@ -128,22 +130,31 @@ def collection_speed(traces: TraceTable, table: RewardTable, prompts: int) -> li
     settings = DecodeSettings(**table.meta["settings"])
     chosen = load_prompts(meta["suite"], split="test")[:: 17][:prompts]
     feature_sets = tuple(traces.feature_sets)
-    trace_seconds, timed_seconds = [], []
+    trace_seconds: dict[int, list[float]] = {b: [] for b in decode_blocks}
+    timed_seconds, same_trace = [], {b: 0 for b in decode_blocks}
     for prompt in chosen:
         ids = target.encode(render_prompt(prompt, target.tokenizer))
-        started = time.perf_counter()
-        trace_request(target, drafter, ids, list(traces.block_sizes), settings.max_new_tokens, feature_sets=feature_sets)
-        trace_seconds.append(time.perf_counter() - started)
+        made = {}
+        for decode_block in decode_blocks:
+            started = time.perf_counter()
+            made[decode_block] = trace_request(target, drafter, ids, list(traces.block_sizes), settings.max_new_tokens,
+                                               feature_sets=feature_sets, decode_block=decode_block)
+            trace_seconds[decode_block].append(time.perf_counter() - started)
         started = time.perf_counter()
         for block in (AUTOREGRESSIVE, *table.block_sizes):
             measure(target, drafter, ids, block, settings, feature_sets if block == AUTOREGRESSIVE else (), seed=0)
         timed_seconds.append(time.perf_counter() - started)
-    ratio = sum(timed_seconds) / sum(trace_seconds)
-    return [
-        f"collection speed ({len(chosen)} test prompts, this run): tracing {np.mean(trace_seconds):.1f} s per prompt (every block size), "
-        f"one timed repeat {np.mean(timed_seconds):.1f} s per prompt (AR + {len(table.block_sizes)} block sizes): {ratio:.1f}x per repeat, "
-        f"{3 * ratio:.1f}x against the 3 repeats the test split is timed with"
-    ]
+        for decode_block, trace in made.items():
+            same_trace[decode_block] += (trace.tokens, trace.accepted) == (made[decode_blocks[0]].tokens, made[decode_blocks[0]].accepted)
+    lines = [f"collection speed ({len(chosen)} test prompts, this run): one timed repeat {np.mean(timed_seconds):.1f} s per prompt "
+             f"(AR + {len(table.block_sizes)} block sizes)"]
+    for decode_block, seconds in trace_seconds.items():
+        ratio = sum(timed_seconds) / sum(seconds)
+        how = "autoregressively" if decode_block == 1 else f"at block {decode_block}"
+        check = "" if decode_block == decode_blocks[0] else f"; the same trace as decoding at block {decode_blocks[0]} for {same_trace[decode_block]} of {len(chosen)} prompts"
+        lines.append(f"- tracing with the continuation decoded {how}: {np.mean(seconds):.2f} s per prompt (every block size): "
+                     f"{ratio:.1f}x per timed repeat, {3 * ratio:.1f}x against the 3 repeats the test split is timed with{check}")
+    return lines
 
 
 def main() -> None:
@@ -153,6 +164,8 @@ def main() -> None:
     parser.add_argument("--profile", default=None, help="a device profile of the CPU model that timed the table")
     parser.add_argument("--split", choices=["train", "val", "test"], default=None)
     parser.add_argument("--speed-prompts", type=int, default=0, help="also time tracing against timed collection on N prompts")
+    parser.add_argument("--decode-blocks", type=int, nargs="+", default=[1],
+                        help="with --speed-prompts: the block sizes a trace's greedy decode is timed at (1: autoregressive)")
     args = parser.parse_args()
     try:
         traces, table = TraceTable.load(args.traces), RewardTable.load(args.table)
@@ -172,7 +185,7 @@ def main() -> None:
     if profile is not None:
         lines += ["", *timing_agreement(traces, table, profile, args.split)]
     if args.speed_prompts:
-        lines += ["", *collection_speed(traces, table, args.speed_prompts)]
+        lines += ["", *collection_speed(traces, table, args.speed_prompts, args.decode_blocks)]
     print("\n".join(lines))
 
 

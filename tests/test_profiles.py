@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from drafters import greedy_sequence, overfit_drafter
 
+from bp_rl import speculative_generate
 from bp_rl.profiles import DeviceProfile, flat_profile, measure_profile, roofline_profile, simulate
 from bp_rl.traces import trace_request
 
@@ -38,13 +39,25 @@ def test_simulated_decode_counts_every_cycle(setup, tiny_target):
     assert stats.acceptance_lengths == trace.acceptance_lengths(4) and stats.new_tokens == NEW
     cycles = len(stats.acceptance_lengths)
     contexts = len(PROMPT) + 1 + np.concatenate([[0], np.cumsum(stats.acceptance_lengths)[:-1]])  # each cycle's anchor
-    assert stats.decode_seconds == pytest.approx(sum(profile.cycle_seconds(4, int(c)) for c in contexts))
+    # near the budget a cycle drafts, and so verifies, fewer tokens: priced at what it verifies, as decoded
+    live = speculative_generate(tiny_target, drafter, PROMPT, 4, max_new_tokens=NEW, stop_token_ids=[])
+    assert stats.verify_counts == live.stats.verify_counts
+    assert stats.decode_seconds == pytest.approx(sum(profile.cycle_seconds(4, int(c), v) for c, v in zip(contexts, stats.verify_counts)))
     assert profile.cycle_seconds(4, 20) == pytest.approx(profile.draft[4] + profile.verify_seconds(4, 20) + profile.overhead[4])
     flat = flat_profile(profile)
     assert flat.kind == "model" and "not a measurement" in flat.note
     # under the flat model a cycle costs one step, so simulated speedup over block 1 is the mean acceptance
     ar, spec = simulate(trace, flat, 1), simulate(trace, flat, 4)
     assert ar.decode_seconds / spec.decode_seconds == pytest.approx((NEW - 1) / cycles)
+
+
+def test_a_verify_count_between_profiled_sizes_is_priced_between_them(setup):
+    _, profile = setup
+    for context in (16, 40, 64):
+        low, high = profile.verify_seconds(2, context), profile.verify_seconds(4, context)
+        assert profile.verify_seconds(3, context) == pytest.approx((low + high) / 2)
+    assert profile.cycle_seconds(8, 20, 6) == pytest.approx(
+        profile.draft[8] + (profile.verify_seconds(4, 20) + profile.verify_seconds(8, 20)) / 2 + (profile.overhead[4] + profile.overhead[8]) / 2)
 
 
 def test_bad_profiles_are_explained(tmp_path, setup, tiny_target):
@@ -55,8 +68,10 @@ def test_bad_profiles_are_explained(tmp_path, setup, tiny_target):
     broken.write_text(profile.save(tmp_path / "ok.json").read_text()[:50])
     with pytest.raises(ValueError, match="not a readable device profile"):
         DeviceProfile.load(broken)
-    with pytest.raises(ValueError, match="no verify cost for 3 tokens; profiled: \\[1, 2, 4, 8\\]"):
-        profile.verify_seconds(3, 20)
+    with pytest.raises(ValueError, match="no verify cost for 9 tokens; profiled: \\[1, 2, 4, 8\\]"):
+        profile.verify_seconds(9, 20)
+    with pytest.raises(ValueError, match="no loop overhead for 0 tokens; profiled: \\[1, 2, 4, 8\\]"):
+        profile.cycle_seconds(2, 20, 0)
     with pytest.raises(ValueError, match="made for another model: drafter"):
         profile.check(tiny_target, overfit_drafter(tiny_target, greedy_sequence(tiny_target, PROMPT, NEW), len(PROMPT), steps=1), "other")
     with pytest.raises(ValueError, match="unknown profile kind 'guess'"):

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 from conftest import tiny_profile
 from drafters import greedy_sequence, overfit_drafter
 
 from bp_rl.profiles import simulate
-from bp_rl.schedules import action_set, assistant_schedule, confidence_schedule, optimal_schedule
-from bp_rl.traces import Cycle, CycleState, trace_request
+from bp_rl.schedules import action_set, assistant_schedule, confidence_schedule, entropy_schedule, optimal_schedule
+from bp_rl.learned_schedules import fit_verify_rule
+from bp_rl.traces import AcceptanceTrace, Cycle, CycleState, trace_request
 
 PROMPT, NEW = [5, 6, 7, 8, 9], 24
 BLOCKS = (1, 2, 4)
@@ -53,6 +55,48 @@ def test_confidence_schedule_verifies_the_confident_prefix():
         schedule(CycleState(1, 10))
 
 
+def test_entropy_schedule_verifies_the_prefix_whose_adaedl_bound_clears_lambda():
+    # gamma 0.2, lambda 0.5: a slot passes while 1 - sqrt(0.2 h) >= 0.5, i.e. entropy h <= 1.25 nats
+    schedule = entropy_schedule(0.5, (1, 2, 4, 8))
+    confident = (0.9,) * 7  # the rule reads the entropies only
+    assert schedule(CycleState(1, 10, draft=confident, draft_entropy=(0.1, 1.2, 1.0, 2.0, 0.0, 0.0, 0.0))) == (8, 4)
+    assert schedule(CycleState(1, 10, draft=confident, draft_entropy=(0.0, 1.3) + (0.0,) * 5)) == (8, 2)
+    assert schedule(CycleState(1, 10, draft=confident, draft_entropy=(0.0,) * 7)) == (8, 8)
+    assert entropy_schedule(0.5, (1, 2, 4, 8), gamma=1.0)(CycleState(1, 10, draft=confident, draft_entropy=(0.2, 0.3) + (0.0,) * 5)) == (8, 2)
+    with pytest.raises(ValueError, match="'draft_entropy'.*keep it"):
+        schedule(CycleState(1, 10, draft=confident))  # traces collected before entropies were kept
+
+
+def test_a_learned_verify_rule_reads_a_draft_whose_confidence_tells_acceptance(setup):
+    """On traces where every accepted slot is drafted at confidence 0.95 and every rejected one at 0.05,
+    the fitted rule verifies exactly the accepted drafts on new traces (the ideal rule: what the
+    confidence tells), far faster than any fixed verify count; only the optimum, which also knows where
+    each cycle leaves the decode, is faster."""
+    _, profile = setup
+    blocks = BLOCKS
+
+    def made_up_trace(seed: int) -> AcceptanceTrace:
+        rng = np.random.default_rng(seed)
+        anchors = 60
+        accepted = {b: [0] * anchors for b in blocks}
+        confidence = {b: [[0.0] * (b - 1) for _ in range(anchors)] for b in blocks}
+        for i, run in enumerate(rng.choice([0, 0, 1, 3], size=anchors)):  # runs the verify counts 1, 2 and 4 fit
+            for b in blocks:
+                accepted[b][i] = min(int(run), b - 1)
+                confidence[b][i] = [0.95 if j < run else 0.05 for j in range(b - 1)]
+        return AcceptanceTrace(8, list(range(anchors + 1)), accepted, confidence)
+
+    rule = fit_verify_rule([made_up_trace(s) for s in range(4)], profile, blocks, ridge=0.1)
+    test = made_up_trace(99)
+    optimum, _ = optimal_schedule(test, profile, action_set("verify", blocks))
+    learned = simulate(test, profile, rule, draft_block=4).decode_seconds
+    fixed = min(simulate(test, profile, lambda state, k=k: (4, k), draft_block=4).decode_seconds for k in blocks)
+    ideal = simulate(test, profile, confidence_schedule(0.5, blocks), draft_block=4).decode_seconds
+    assert learned == pytest.approx(ideal) and learned < 0.85 * fixed and optimum <= learned
+    with pytest.raises(ValueError, match="ridge must be >= 0"):
+        fit_verify_rule([test], profile, blocks, ridge=-1)
+
+
 def test_optimum_beats_every_fixed_block_and_replays_to_its_own_cost(setup):
     trace, profile = setup
     actions = action_set("block_verify", BLOCKS)
@@ -78,9 +122,11 @@ def test_optimum_equals_the_best_of_every_schedule_on_a_short_request(tiny_targe
 def test_a_schedule_replayed_through_simulate_costs_each_cycle_at_its_verify_count(setup):
     trace, profile = setup
     stats = simulate(trace, profile, (4, 2))
+    # 2 tokens a cycle, but the last one: with one token left in the budget it drafts nothing and verifies the anchor
+    assert stats.verify_counts == [2] * (len(stats.verify_counts) - 1) + [1] and trace.anchors % 2 == 1
     context, expected = trace.prompt_tokens + 1, 0.0
-    for committed in stats.acceptance_lengths:
-        expected += profile.draft_seconds(4) + profile.verify_seconds(2, context) + profile.overhead[2]
+    for committed, verified in zip(stats.acceptance_lengths, stats.verify_counts):
+        expected += profile.draft_seconds(4) + profile.verify_seconds(verified, context) + profile.overhead[verified]
         context += committed
     assert stats.decode_seconds == pytest.approx(expected) and max(stats.acceptance_lengths) <= 2
 

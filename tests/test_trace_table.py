@@ -43,7 +43,24 @@ def test_a_stored_trace_reads_back_as_traced(tiny_traces_path, models):
     assert stored.tokens == fresh.tokens and stored.accepted == fresh.accepted and stored.prompt_tokens == fresh.prompt_tokens
     for b in TINY_BLOCKS:
         np.testing.assert_allclose(np.array(stored.confidence[b]).reshape(-1), np.array(fresh.confidence[b]).reshape(-1), atol=1e-3)
-    assert len(table.done_prompts()) == 12 and table.summary()["prompts"] == 12
+        np.testing.assert_allclose(np.array(stored.entropy[b]).reshape(-1), np.array(fresh.entropy[b]).reshape(-1), atol=5e-3)
+    assert len(table.done_prompts()) == 12 and table.summary()["prompts"] == 12 and table.keeps_entropy
+    assert table.continuation(prompt.id) == fresh.tokens and table.continuation("no-such-prompt") is None
+
+
+def test_a_file_traced_before_entropies_were_kept_still_reads_resumes_and_merges(tmp_path, models):
+    target, drafter = models
+    old = tmp_path / "old.sqlite"
+    build_tiny_traces(old, target, drafter, tiny_prompts()[:2]).close()
+    with sqlite3.connect(old) as db:
+        db.execute("ALTER TABLE traces DROP COLUMN entropy")  # the layout of files written before it was kept
+    table = TraceTable.load(old)
+    assert not table.keeps_entropy and table.trace("p00").entropy == {} and table.trace("p00").confidence
+    merged = TraceTable.create_or_resume(tmp_path / "new.sqlite", table.meta)
+    assert merged.merge_from(table) > 0 and merged.trace("p01").entropy == {} and not merged.keeps_entropy
+    table.close()
+    resumed = build_tiny_traces(old, target, drafter, tiny_prompts()[:3])  # gains the column; the new row keeps its entropies
+    assert resumed.trace("p02").entropy and resumed.trace("p00").entropy == {} and not resumed.keeps_entropy
 
 
 def test_traces_replay_every_timed_decode_of_the_tiny_table(tiny_traces_path, tiny_table_path):
@@ -242,6 +259,25 @@ def test_trace_collection_resumes_and_loses_nothing(tmp_path):
     assert table.sampled and table.meta["seeds"] == [0, 1] and len(table.done_prompts()) == 1
     trace = table.trace(next(iter(table.done_prompts())))
     assert all(len(trace.cycles[b]) == 2 for b in (1, 4))
+    # another drafter's traces start from the stored continuations instead of decoding them again
+    lookup = [*base[:2], f"out={tmp_path / 'lookup.sqlite'}", *base[3:], "drafter=prompt-lookup", f"continuations={out}", "max_prompts=3"]
+    result = subprocess.run(lookup, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reused, source = TraceTable.load(tmp_path / "lookup.sqlite"), TraceTable.load(out)
+    assert reused.done_prompts() == source.done_prompts() and reused.meta["drafter"] == "prompt-lookup"
+    assert all(reused.trace(pid).tokens == source.trace(pid).tokens for pid in source.done_prompts())
+
+
+def test_continuations_come_only_from_traces_of_the_same_target_and_settings(tiny_traces_path):
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from collect_traces import continuation_source
+
+    meta = TraceTable.load(tiny_traces_path).meta
+    assert continuation_source(str(tiny_traces_path), {**meta, "drafter": "another"}).continuation("p00")
+    with pytest.raises(ValueError, match="not this target's under these settings: settings: table has"):
+        continuation_source(str(tiny_traces_path), {**meta, "settings": {**meta["settings"], "max_new_tokens": 99}})
+    with pytest.raises(ValueError, match="reuse needs temperature=0"):
+        continuation_source(str(tiny_traces_path), {**meta, "settings": {**meta["settings"], "temperature": 1.0}})
 
 
 @pytest.mark.real_model

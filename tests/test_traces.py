@@ -62,18 +62,19 @@ def test_verify_count_replay_equals_live_decoding(tiny_target, trained, trace):
 
 
 def test_a_drafted_first_schedule_sees_the_draft_live_decoding_makes(tiny_target, trained, trace):
-    """`draft_block`: the schedule sees this cycle's draft confidences before choosing what to verify,
-    the same the engine's first half-cycle (`draft`) returns."""
+    """`draft_block`: the schedule sees this cycle's draft confidences and entropies before choosing what
+    to verify, the same the engine's first half-cycle (`draft`) returns."""
     def schedule(state):  # verify the leading drafts the drafter is sure of
         return 8, 1 + next((j for j, p in enumerate(state.draft) if p < 0.5), len(state.draft))
 
     seen = []
-    replayed = trace.replay(lambda state: seen.append(state.draft) or schedule(state), draft_block=8)
+    replayed = trace.replay(lambda state: seen.append((state.draft, state.draft_entropy)) or schedule(state), draft_block=8)
     decoder = SpeculativeDecoder(tiny_target, trained, PROMPT, max_new_tokens=NEW, stop_token_ids=[])
     decoder.prefill()
-    for cycle, draft in zip(replayed, seen):
+    for cycle, (draft, entropy) in zip(replayed, seen):
         drafted = decoder.draft(8)
         np.testing.assert_allclose(drafted.confidence, draft[: len(drafted.confidence)], atol=2e-3)
+        np.testing.assert_allclose(drafted.entropy, entropy[: len(drafted.entropy)], atol=2e-3)
         assert decoder.verify(drafted, cycle.verify) == cycle.committed
     assert decoder.done and decoder.new_token_ids == trace.tokens
     with pytest.raises(ValueError, match="draft was made at block 8"):
@@ -91,6 +92,29 @@ def test_confidence_is_a_probability_per_drafted_slot(trace):
         for i, slots in enumerate(trace.confidence[b]):
             drafted = effective_block(b, i, NEW) - 1  # near the budget a cycle drafts fewer slots
             assert len(slots) == b - 1 and all(0 < p <= 1 for p in slots[:drafted]) and not any(slots[drafted:])
+
+
+def test_entropy_is_that_of_a_distribution_per_drafted_slot(trace):
+    vocab = 64  # the tiny target's, and so the drafter's, vocabulary
+    for b in BLOCKS:
+        for i, (slots, top1) in enumerate(zip(trace.entropy[b], trace.confidence[b])):
+            drafted = effective_block(b, i, NEW) - 1
+            # Shannon entropy lies between the min-entropy -log(top-1 probability) and log(vocabulary size)
+            assert all(-np.log(p) - 2e-3 <= h <= np.log(vocab) + 2e-3 for h, p in zip(slots[:drafted], top1)) and not any(slots[drafted:])
+    assert max(max(slots) for slots in trace.entropy[8]) > 0.1  # not a degenerate all-zero column
+
+
+def test_a_known_continuation_or_a_speculative_decode_gives_the_same_trace(tiny_target, trained, trace):
+    """The greedy decode is the costly part of a trace: reusing a known continuation, or decoding it at a
+    block size (lossless at T=0), must give the same trace."""
+    for other in (trace_request(tiny_target, trained, PROMPT, BLOCKS, max_new_tokens=NEW, stop_token_ids=[], continuation=trace.tokens),
+                  trace_request(tiny_target, trained, PROMPT, BLOCKS, max_new_tokens=NEW, stop_token_ids=[], decode_block=4)):
+        assert other.tokens == trace.tokens and other.accepted == trace.accepted
+        np.testing.assert_allclose(np.array(other.confidence[8]), np.array(trace.confidence[8]), atol=1e-5)
+    with pytest.raises(ValueError, match="not this target's greedy continuation"):
+        trace_request(tiny_target, trained, PROMPT, BLOCKS, max_new_tokens=NEW, continuation=[trace.tokens[0] + 1, *trace.tokens[1:]])
+    with pytest.raises(ValueError, match="block_size must be an integer in"):
+        trace_request(tiny_target, trained, PROMPT, BLOCKS, max_new_tokens=NEW, decode_block=99)
 
 
 def test_replay_is_exact_when_the_budget_cuts_the_last_blocks_short(tiny_target, trained):
@@ -111,7 +135,10 @@ def test_prompt_lookup_traces_replay_live_decoding(tiny_target):
         live = speculative_generate(tiny_target, lookup, prompt, block_size, max_new_tokens=NEW, stop_token_ids=[])
         assert trace.tokens == live.token_ids
         assert trace.acceptance_lengths(block_size) == live.stats.acceptance_lengths
+        # each cycle verifies what the lookup proposed, not the whole block: a profile prices that
+        assert [c.verify for c in trace.replay(lambda state: block_size)] == live.stats.verify_counts
         assert all(len(slots) == block_size - 1 and set(slots) <= {0.0, 1.0} for slots in trace.confidence[block_size])
+        assert all(not any(slots) for slots in trace.entropy[block_size])  # a deterministic proposal has no spread
     # the lookup proposes fewer tokens than asked where the match is short: those slots stay 0
     assert any(0.0 in slots[: effective_block(8, i, NEW) - 1] for i, slots in enumerate(trace.confidence[8]))
 
