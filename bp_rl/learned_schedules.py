@@ -6,14 +6,15 @@ stop predictor in the style of SpecDec++ and DISCO, for a block drafter. At T=0 
 the exact cost of every choice at every anchor (the cycle, then the optimum of the rest: dynamic
 programming, `bp_rl.schedules.cost_to_go`), so the rule is a cost-sensitive regression: one ridge
 regression per verify count of its regret (seconds beyond the optimum) on the draft's features, and
-it verifies the count predicted cheapest. Every anchor of the training traces is one example, so the
+it verifies the count predicted cheapest. The block drafted first need not be the largest: a smaller
+one drafts cheaper, and the rule chooses among the verify counts up to it. Every anchor of the training traces is one example, so the
 fit does not depend on the path some policy took.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -51,10 +52,12 @@ class LearnedVerifyRule:
         return self.actions[int(np.argmin(self.predicted_regret(state)))]
 
 
-def fit_verify_rule(traces: Iterable[AcceptanceTrace], profile: DeviceProfile, block_sizes: tuple[int, ...], ridge: float = 1.0) -> LearnedVerifyRule:
-    """Fit the rule on `traces` (T=0) under `profile`: every anchor of every trace is one example."""
-    if ridge < 0:
-        raise ValueError(f"ridge must be >= 0, got {ridge!r}")
+def fit_verify_rules(traces: Iterable[AcceptanceTrace], profile: DeviceProfile, block_sizes: tuple[int, ...],
+                     ridges: Sequence[float] = (1.0,)) -> dict[float, LearnedVerifyRule]:
+    """Fit the rule on `traces` (T=0) under `profile`, once per ridge penalty in `ridges`: every anchor of
+    every trace is one example. The largest of `block_sizes` is the block drafted first."""
+    if not ridges or any(r < 0 for r in ridges):
+        raise ValueError(f"ridges must be a non-empty list of penalties >= 0, got {list(ridges)!r}")
     actions = action_set("verify", block_sizes)
     largest = actions[0][0]
     features, regrets = [], []
@@ -69,7 +72,10 @@ def fit_verify_rule(traces: Iterable[AcceptanceTrace], profile: DeviceProfile, b
     x, y = np.array(features), np.array(regrets)
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-8
     design = np.column_stack([(x - mean) / scale, np.ones(len(x))])
-    penalty = ridge * np.eye(design.shape[1])
-    penalty[-1, -1] = 0.0  # the bias is not shrunk
-    weights = np.linalg.lstsq(design.T @ design + penalty, design.T @ y, rcond=None)[0]  # constant features (no entropies) stay harmless
-    return LearnedVerifyRule(actions, mean, scale, weights, ridge)
+    rules = {}
+    for ridge in ridges:
+        penalty = ridge * np.eye(design.shape[1])
+        penalty[-1, -1] = 0.0  # the bias is not shrunk
+        weights = np.linalg.lstsq(design.T @ design + penalty, design.T @ y, rcond=None)[0]  # constant features (no entropies) stay harmless
+        rules[ridge] = LearnedVerifyRule(actions, mean, scale, weights, ridge)
+    return rules

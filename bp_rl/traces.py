@@ -237,12 +237,13 @@ def trace_request(
         if not seeds:
             raise ValueError(f"above T=0 a trace is a sample of seeded decodes: pass seeds (e.g. [0, 1, 2]), got {seeds!r}")
         return _sampled_trace(target, drafter, prompt, block_sizes, settings, tuple(seeds), stop_token_ids, feature_sets)
+    if continuation is None:
+        check_block_size(drafter, decode_block)
     decoding = drafter if continuation is None and decode_block > 1 else None
-    check_block_size(decoding, decode_block if decoding is not None else 1)
     decoder, observations = start_request(target, decoding, prompt, settings, feature_sets, stop_token_ids=stop_token_ids)
     prompt_ids = decoder.prompt_ids
     if continuation is None:
-        decoder.decode(decode_block if decoding is not None else 1)
+        decoder.decode(decode_block)
         new = decoder.new_token_ids
     else:
         new = [int(t) for t in continuation]

@@ -57,6 +57,7 @@ class BlockScheduleEnv(gym.Env):
         history: int = 4,
         obs_stats: tuple[np.ndarray, np.ndarray] | None = None,
         concurrency: int | Sequence[int] | None = None,
+        draft_block: int | None = None,
     ):
         self.backend, self.action_set_name, self.history_length = backend, actions, history
         self.concurrencies = (concurrency,) if concurrency is None or isinstance(concurrency, int) else tuple(concurrency)
@@ -65,9 +66,13 @@ class BlockScheduleEnv(gym.Env):
         for load in self.concurrencies:
             backend.check_concurrency(load)
         self.block_sizes = tuple(backend.block_sizes)
-        self.actions = action_set(actions, self.block_sizes)
         self.largest = max(backend.block_sizes)
         self.drafts_first = actions == "verify"
+        # the block a `verify` cycle drafts first: the largest by default; a smaller one drafts cheaper
+        self.draft_block = self.largest if draft_block is None else draft_block
+        if draft_block is not None and (not self.drafts_first or draft_block not in self.block_sizes):
+            raise ValueError(f"draft_block {draft_block!r} needs actions='verify' (got {actions!r}) and one of the block sizes {list(self.block_sizes)}")
+        self.actions = action_set(actions, tuple(b for b in self.block_sizes if b <= self.draft_block))
         self.action_space = gym.spaces.Discrete(len(self.actions))
         self.drawn_load = len(self.concurrencies) > 1  # shown in the observation only when it varies
         self.state_dim = 1 + 3 * history + (self.largest - 1) + 1 + self.drawn_load
@@ -121,7 +126,7 @@ class BlockScheduleEnv(gym.Env):
     def _draft_if_first(self) -> None:
         """Under the `verify` action set, the cycle's draft comes before the decision."""
         if self.drafts_first and self._request is not None and not self._request.done:
-            self.state.draft = self._request.draft(self.largest)
+            self.state.draft = self._request.draft(self.draft_block)
             self.state.draft_entropy = self._request.draft_entropy
 
     def _observe(self) -> np.ndarray:
@@ -192,15 +197,16 @@ def make_schedule_env(
     normalize_obs: bool = False,
     expect: dict | None = None,
     concurrency: int | Sequence[int] | None = None,
+    draft_block: int | None = None,
 ) -> BlockScheduleEnv:
     """Per-cycle decisions on exact T=0 traces of one split, seconds simulated under `profile` (None:
     this machine's shipped profile, else the closest), at `concurrency` (a batch size, or a list to
-    draw one from per episode)."""
+    draw one from per episode); under `actions="verify"` each cycle drafts `draft_block` first (None: the largest)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {list(SPLITS)}")
     rewards = simulated_rewards(traces, profile, expect)
     stats = observation_stats(rewards.view(feature_set, "train")) if normalize_obs else None
-    return BlockScheduleEnv(TraceBackend(rewards, split, feature_set), actions, history, stats, concurrency)
+    return BlockScheduleEnv(TraceBackend(rewards, split, feature_set), actions, history, stats, concurrency, draft_block)
 
 
 def make_live_schedule_env(

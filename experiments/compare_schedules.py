@@ -14,7 +14,7 @@ For each profile, on the test split (agents learn on train, thresholds and early
   as the assistant schedule's start); LinUCB per cycle (every cycle a bandit round, `CyclesAsEpisodes`)
   over blocks and over (block, verify) pairs; PPO over whole requests (gamma 1); a learned verify rule
   (`bp_rl.learned_schedules`: regret of each verify count regressed on the draft, fitted on train
-  against the exact optimum, ridge tuned on val);
+  against the exact optimum; the block drafted first and the ridge penalty tuned on val);
 - the exact per-cycle optimum over each action set (dynamic programming on the trace): an upper bound.
 
 Every figure is SIMULATED: acceptance from the traces (exact at T=0), seconds from the named profile;
@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from agents import FitData, LabelledSet, agent_policy, best_policy, make_agent, run_policies, summarise
-from bp_rl.learned_schedules import fit_verify_rule
+from bp_rl.learned_schedules import fit_verify_rules
 from bp_rl.outcomes import request_tokens_per_second
 from bp_rl.profiles import DeviceProfile, default_profile, roofline_profile_name, simulate
 from bp_rl.schedules import ACTION_SETS, action_set, assistant_schedule, confidence_schedule, entropy_schedule, optimal_schedule
@@ -56,11 +56,12 @@ def schedule_policy(schedule, env: BlockScheduleEnv):
     return lambda observation, index: env.actions.index(as_action(schedule(env.state)))
 
 
-def tuned_on_val(rule, values: tuple[float, ...], val_env: BlockScheduleEnv, seed: int) -> float:
-    """The value of `rule(value)` (a schedule) among `values` with the best mean tokens/s on val."""
+def tuned_on_val(rule, values: tuple, val_env: BlockScheduleEnv, seed: int) -> tuple[object, float]:
+    """The value of `rule(value)` (a schedule) among `values` with the best mean tokens/s on val, and that tokens/s."""
     scores = {v: np.mean([r["tokens_per_second"] for r in run_policies({"rule": schedule_policy(rule(v), val_env)}, val_env, seed)["rule"]])
               for v in values}
-    return max(scores, key=scores.get)
+    best = max(scores, key=scores.get)
+    return best, scores[best]
 
 
 def then_per_cycle(agent, request_env, env: BlockScheduleEnv):
@@ -122,8 +123,8 @@ def compare(traces: TraceTable, profile: DeviceProfile, seed: int, budget: int, 
     policies["per-request best (bound)"] = best_policy(test_env)
     records = run_policies(policies, test_env, seed)
 
-    def schedule_env(split, actions):  # per-cycle observations: `cycle_features` of the prefill + the decode state
-        return make_schedule_env(traces, profile, split, actions, cycle_features, normalize_obs=True)
+    def schedule_env(split, actions, draft_block=None):  # per-cycle observations: `cycle_features` of the prefill + the decode state
+        return make_schedule_env(traces, profile, split, actions, cycle_features, normalize_obs=True, draft_block=draft_block)
 
     block_env, verify_env = schedule_env("test", "block"), schedule_env("test", "verify")
     val_verify = schedule_env("val", "verify")
@@ -137,7 +138,7 @@ def compare(traces: TraceTable, profile: DeviceProfile, seed: int, budget: int, 
     if traces.keeps_entropy:
         rules["AdaEDL entropy bound >= {}"] = entropy_schedule
     for label, rule in rules.items():
-        threshold = tuned_on_val(lambda t: rule(t, blocks), THRESHOLDS, val_verify, seed)
+        threshold, _ = tuned_on_val(lambda t: rule(t, blocks), THRESHOLDS, val_verify, seed)
         records.update(run_policies({f"per-cycle {label.format(threshold)} (val-tuned)": schedule_policy(rule(threshold, blocks), verify_env)},
                                     verify_env, seed))
     if learned:
@@ -151,10 +152,16 @@ def compare(traces: TraceTable, profile: DeviceProfile, seed: int, budget: int, 
                      n_steps=1024)
         records.update(run_policies({"per-cycle ppo (block)": agent_policy(ppo)}, block_env, seed))
         train_traces = [traces.trace(pid) for pid, _, _ in traces.traced_prompts("train")]
-        fits = {r: fit_verify_rule(train_traces, profile, blocks, r) for r in RIDGES}
-        ridge = tuned_on_val(fits.get, RIDGES, val_verify, seed)
-        records.update(run_policies({f"per-cycle learned verify rule (ridge {ridge:g}, val-tuned)": schedule_policy(fits[ridge], verify_env)},
-                                    verify_env, seed))
+        tuned = {}  # draft block -> (val tokens/s, rule)
+        for draft in (b for b in blocks if b >= 3):
+            fits = fit_verify_rules(train_traces, profile, tuple(b for b in blocks if b <= draft), RIDGES)
+            ridge, score = tuned_on_val(fits.get, RIDGES, schedule_env("val", "verify", draft), seed)
+            tuned[draft] = (score, fits[ridge])
+        draft = max(tuned, key=lambda d: tuned[d][0])
+        rule = tuned[draft][1]
+        test_verify = schedule_env("test", "verify", draft)
+        records.update(run_policies({f"per-cycle learned verify rule (draft {draft}, ridge {rule.ridge:g}; val-tuned)": schedule_policy(rule, test_verify)},
+                                    test_verify, seed))
     for actions in ACTION_SETS:
         records[f"per-cycle optimum: {actions} (bound)"] = optimum_records(rewards, "test", action_set(actions, blocks))
     grid = records["per-request grid"]

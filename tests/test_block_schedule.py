@@ -119,6 +119,20 @@ def test_under_the_verify_set_the_agent_sees_the_current_draft(make):
     assert step["block_size"] == 4 and step["verify_count"] == 2 and step["committed"] == trace.committed(0, 4, 2)
 
 
+def test_a_smaller_draft_block_drafts_first_and_bounds_the_verify_counts(make):
+    env = make("verify", draft_block=2)
+    assert env.actions == [(2, 1), (2, 2)]
+    _, info = env.reset(options={"prompt_index": 1})
+    trace = env.backend.trace(1)
+    assert info["cycle_state"].draft == tuple(trace.confidence[2][0])
+    _, _, _, _, step = env.step(1)
+    assert step["block_size"] == 2 and step["committed"] == trace.committed(0, 2, 2)
+    with pytest.raises(ValueError, match=r"draft_block 3 needs actions='verify' \(got 'verify'\) and one of the block sizes \[1, 2, 4\]"):
+        make("verify", draft_block=3)
+    with pytest.raises(ValueError, match="draft_block 2 needs actions='verify' \\(got 'block'\\)"):
+        make("block", draft_block=2)
+
+
 def test_a_load_the_profile_does_not_cover_is_explained(make, tiny_traces_path, tiny_profile_path):
     with pytest.raises(ValueError, match=r"no batched costs for concurrency 16; covered: \[1, 4\]"):
         make("block", concurrency=[1, 16])
@@ -211,6 +225,8 @@ def test_compare_schedules_reports_every_policy_and_the_replay_check(tiny_traces
     rows = rows_of(alone)
     for name in ("per-request grid", "per-request ppo", "per-cycle linucb (block_verify)", "per-cycle ppo (block)", "per-cycle optimum: block (bound)"):
         assert name in rows
+    assert any(name.startswith("per-cycle learned verify rule (draft ") for name in rows)
+    assert any(name.startswith("per-cycle AdaEDL entropy bound >= ") for name in rows)  # the tiny traces keep entropies
     replay = next(name for name in rows if name.endswith("(replay check)"))
     assert rows[replay] == rows["per-request grid"]  # a fixed block scores the same through both envs
     tps = {name: float(value.replace(",", "")) for name, value in rows.items() if value[:1].isdigit()}

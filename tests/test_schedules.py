@@ -11,7 +11,7 @@ from drafters import greedy_sequence, overfit_drafter
 
 from bp_rl.profiles import simulate
 from bp_rl.schedules import action_set, assistant_schedule, confidence_schedule, entropy_schedule, optimal_schedule
-from bp_rl.learned_schedules import fit_verify_rule
+from bp_rl.learned_schedules import fit_verify_rules
 from bp_rl.traces import AcceptanceTrace, Cycle, CycleState, trace_request
 
 PROMPT, NEW = [5, 6, 7, 8, 9], 24
@@ -86,15 +86,18 @@ def test_a_learned_verify_rule_reads_a_draft_whose_confidence_tells_acceptance(s
                 confidence[b][i] = [0.95 if j < run else 0.05 for j in range(b - 1)]
         return AcceptanceTrace(8, list(range(anchors + 1)), accepted, confidence)
 
-    rule = fit_verify_rule([made_up_trace(s) for s in range(4)], profile, blocks, ridge=0.1)
+    rules = fit_verify_rules([made_up_trace(s) for s in range(4)], profile, blocks, ridges=(0.1, 1e6))
+    rule, shrunk = rules[0.1], rules[1e6]
     test = made_up_trace(99)
     optimum, _ = optimal_schedule(test, profile, action_set("verify", blocks))
     learned = simulate(test, profile, rule, draft_block=4).decode_seconds
     fixed = min(simulate(test, profile, lambda state, k=k: (4, k), draft_block=4).decode_seconds for k in blocks)
     ideal = simulate(test, profile, confidence_schedule(0.5, blocks), draft_block=4).decode_seconds
     assert learned == pytest.approx(ideal) and learned < 0.85 * fixed and optimum <= learned
-    with pytest.raises(ValueError, match="ridge must be >= 0"):
-        fit_verify_rule([test], profile, blocks, ridge=-1)
+    # shrunk to its bias alone, the rule verifies one count everywhere: a fixed verify count's speed at best
+    assert simulate(test, profile, shrunk, draft_block=4).decode_seconds >= fixed - 1e-9
+    with pytest.raises(ValueError, match="ridges must be a non-empty list of penalties >= 0"):
+        fit_verify_rules([test], profile, blocks, ridges=(-1,))
 
 
 def test_optimum_beats_every_fixed_block_and_replays_to_its_own_cost(setup):
