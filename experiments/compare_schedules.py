@@ -152,8 +152,8 @@ def compare(traces: TraceTable, profile: DeviceProfile, seed: int, budget: int, 
                      n_steps=1024)
         records.update(run_policies({"per-cycle ppo (block)": agent_policy(ppo)}, block_env, seed))
         train_traces = [traces.trace(pid) for pid, _, _ in traces.traced_prompts("train")]
-        tuned = {}  # draft block -> (val tokens/s, rule)
-        for draft in (b for b in blocks if b >= 3):
+        tuned = {}  # draft block -> (val tokens/s, rule); a draft of 2 leaves no verify count to choose but 1 or 2
+        for draft in [b for b in blocks if b >= 3] or [max(blocks)]:
             fits = fit_verify_rules(train_traces, profile, tuple(b for b in blocks if b <= draft), RIDGES)
             ridge, score = tuned_on_val(fits.get, RIDGES, schedule_env("val", "verify", draft), seed)
             tuned[draft] = (score, fits[ridge])
