@@ -1,14 +1,14 @@
 """A learned per-cycle verify rule: how much of a drafted block to verify, fitted on training traces.
 
-Under the `verify` action set the largest block is drafted first, and the rule then chooses how many
+Under the `verify` action set a block is drafted first, and the rule then chooses how many
 of its tokens the target verifies, seeing the draft's per-slot confidences and entropies: a learned
 stop predictor in the style of SpecDec++ and DISCO, for a block drafter. At T=0 a training trace gives
 the exact cost of every choice at every anchor (the cycle, then the optimum of the rest: dynamic
 programming, `bp_rl.schedules.cost_to_go`), so the rule is a cost-sensitive regression: one ridge
 regression per verify count of its regret (seconds beyond the optimum) on the draft's features, and
 it verifies the count predicted cheapest. The block drafted first need not be the largest: a smaller
-one drafts cheaper, and the rule chooses among the verify counts up to it. Every anchor of the training traces is one example, so the
-fit does not depend on the path some policy took.
+one drafts cheaper, and the rule chooses among the verify counts up to it. Every anchor of the
+training traces is one example, so the fit does not depend on the path some policy took.
 """
 
 from __future__ import annotations
