@@ -204,7 +204,7 @@ def block_loss(
 def drafts_at_anchors(
     drafter: BlockDrafter, embedding: torch.Tensor, vocab: DraftVocabulary, features: torch.Tensor, tokens: torch.Tensor,
     anchors: torch.Tensor, block_sizes: int | torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A greedy draft of `block_size - 1` tokens from every anchor of `tokens`, in one packed pass.
 
     `block_sizes`: one for every anchor, or a block size per anchor. Returns (matches, confidence,

@@ -23,7 +23,7 @@ import re
 import statistics
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -114,16 +114,17 @@ def _interpolate(points: dict[int, float], x: float) -> float:
     return points[x0] + (points[x1] - points[x0]) * (x - x0) / (x1 - x0)
 
 
-def _between_sizes(by_size: dict[int, float], n: int, what: str, profile: str) -> float:
-    """The value at `n` tokens: as profiled, else linear between the nearest profiled sizes around it."""
-    if n in by_size:
-        return by_size[n]
-    sizes = sorted(by_size)
+def _between_sizes(sizes: Iterable[int], n: int, value: Callable[[int], float], what: str, profile: str) -> float:
+    """`value(n)` where `n` tokens were profiled, else linear between the values of the nearest profiled
+    sizes around it (only those two are computed: a simulation asks this for every cycle)."""
+    sizes = sorted(sizes)
+    if n in sizes:
+        return value(n)
     if not sizes[0] < n < sizes[-1]:
         raise ValueError(f"profile {profile!r} has no {what} for {n} tokens; profiled: {sizes}")
     i = bisect.bisect_right(sizes, n)
     low, high = sizes[i - 1], sizes[i]
-    return by_size[low] + (by_size[high] - by_size[low]) * (n - low) / (high - low)
+    return value(low) + (value(high) - value(low)) * (n - low) / (high - low)
 
 
 @dataclass
@@ -197,7 +198,7 @@ class DeviceProfile:
         """A target pass verifying `n` tokens at `context`. Counts between the profiled block sizes (the
         short proposals of prompt lookup, the budget's last cycles) are interpolated linearly between
         the nearest profiled ones."""
-        return _between_sizes({m: _interpolate(by_c, context) for m, by_c in self.verify.items()}, n, "verify cost", self.name)
+        return _between_sizes(self.verify, n, lambda m: _interpolate(self.verify[m], context), "verify cost", self.name)
 
     def draft_seconds(self, block_size: int) -> float:
         if block_size == 1:
@@ -210,7 +211,7 @@ class DeviceProfile:
         """One cycle drafting at `block_size` and verifying `verify` tokens (default: the whole block).
         The loop overhead is the verify count's: it follows the tokens the target passes and rolls back."""
         verify = block_size if verify is None else verify
-        overhead = _between_sizes(self.overhead, verify, "loop overhead", self.name)
+        overhead = _between_sizes(self.overhead, verify, self.overhead.__getitem__, "loop overhead", self.name)
         return self.draft_seconds(block_size) + self.verify_seconds(verify, context) + overhead
 
     def prefill_seconds(self, prompt_tokens: int) -> float:

@@ -28,12 +28,12 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from bp_rl.collection import parse_shard, shard_path, shard_prompts, table_metadata, wait_while_paused
-from bp_rl.table_file import mismatch
 from bp_rl.drafters import load_models
 from bp_rl.measurement import DecodeSettings
 from bp_rl.models import model_slug
 from bp_rl.outcomes import DEFAULT_BLOCK_SIZES
 from bp_rl.prompts import first_per_category, render_prompt
+from bp_rl.table_file import mismatch
 from bp_rl.trace_table import TraceTable
 from bp_rl.traces import trace_request
 
