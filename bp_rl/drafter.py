@@ -82,20 +82,25 @@ class Drafter(ABC):
 
 
 class ContinuationDrafter(Drafter):
-    """Test double that proposes a known continuation, e.g. the target's own greedy output.
+    """Proposes a known continuation, e.g. the target's own greedy output.
 
     With the target's greedy continuation every draft is accepted at temperature 0, so the
-    throughput it reaches at block size b is the engine's ceiling on the device.
+    throughput it reaches at block size b is the engine's ceiling on the device. With a *guess* of
+    it (`only_while_right`), decoding checks the guess losslessly: once the committed tokens leave
+    the guess, its later tokens belong to another text, so it proposes nothing more.
     """
 
-    def __init__(self, prompt_len: int, continuation: list[int], max_block_size: int = 64):
+    def __init__(self, prompt_len: int, continuation: list[int], max_block_size: int = 64, only_while_right: bool = False):
         self.prompt_len = prompt_len
         self.continuation = list(continuation)
         self.max_block_size = max_block_size
+        self.only_while_right = only_while_right
 
     def propose(self, context: DraftContext, num_tokens: int, sampler: Sampler) -> Draft:
         start = len(context.token_ids) - self.prompt_len
         tokens = self.continuation[start : start + num_tokens]
+        if self.only_while_right and context.token_ids[self.prompt_len :].tolist() != self.continuation[:start]:
+            tokens = []
         return Draft(torch.tensor(tokens, dtype=torch.long, device=context.token_ids.device))
 
 

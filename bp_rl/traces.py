@@ -23,7 +23,7 @@ import torch
 
 from bp_rl.block_drafter import BlockDrafter
 from bp_rl.decoding import check_block_size
-from bp_rl.drafter import DraftContext, Drafter, layer_states
+from bp_rl.drafter import ContinuationDrafter, DraftContext, Drafter, layer_states
 from bp_rl.drafter_training import DraftVocabulary, drafts_at_anchors
 from bp_rl.measurement import DecodeSettings, start_request
 from bp_rl.models import Target
@@ -217,6 +217,7 @@ def trace_request(
     seeds: list[int] | tuple[int, ...] | None = None,
     continuation: list[int] | None = None,
     decode_block: int = 1,
+    guess: list[int] | None = None,
 ) -> AcceptanceTrace | SampledTrace:
     """The exact T=0 acceptance trace of `prompt` for every block size in `block_sizes`, and the
     observations of `feature_sets` read off its prefill. Above T=0 (`seeds` required): a
@@ -224,9 +225,12 @@ def trace_request(
 
     The greedy decode that finds the continuation is most of a trace's cost. `continuation`: the
     target's greedy continuation when it is already known (it depends on the target, prompt and
-    settings only, so another drafter's trace gives it), and no decode runs. `decode_block`: decode it
-    speculatively with `drafter` at this block size (lossless at T=0, so the same tokens up to
-    floating-point ties, and faster where the drafter accepts); 1 decodes autoregressively."""
+    settings only, so another drafter's trace gives it), and no decode runs. `guess`: a likely
+    continuation (`bp_rl.drafter_data.greedy_guesses`: batched greedy decoding, whose padded shapes
+    may round a near-tie differently), decoded with the guess as the draft: lossless, so a wrong guess
+    costs time, never exactness, and a right one is checked in a pass or two. Else `decode_block`:
+    decode it speculatively with `drafter` at this block size (lossless at T=0, so the same tokens up
+    to floating-point ties, and faster where the drafter accepts); 1 decodes autoregressively."""
     bad = [b for b in block_sizes if not isinstance(b, int) or not 1 <= b <= drafter.max_block_size]
     if bad:
         raise ValueError(f"block sizes {bad} are outside [1, {drafter.max_block_size}] for this drafter")
@@ -237,9 +241,13 @@ def trace_request(
         if not seeds:
             raise ValueError(f"above T=0 a trace is a sample of seeded decodes: pass seeds (e.g. [0, 1, 2]), got {seeds!r}")
         return _sampled_trace(target, drafter, prompt, block_sizes, settings, tuple(seeds), stop_token_ids, feature_sets)
-    if continuation is None:
+    decoding: Drafter | None = None
+    if continuation is None and guess:  # the whole guess in one verify pass (the budget's last token is the target's own)
+        prompt, decode_block = target.encode(prompt), max_new_tokens
+        decoding = ContinuationDrafter(len(prompt), guess, max_block_size=max_new_tokens, only_while_right=True)
+    elif continuation is None:
         check_block_size(drafter, decode_block)
-    decoding = drafter if continuation is None and decode_block > 1 else None
+        decoding = drafter if decode_block > 1 else None
     decoder, observations = start_request(target, decoding, prompt, settings, feature_sets, stop_token_ids=stop_token_ids)
     prompt_ids = decoder.prompt_ids
     if continuation is None:

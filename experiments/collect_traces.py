@@ -8,9 +8,12 @@
 
 A trace holds no timing: collect it anywhere, with anything else running, and get rewards on any
 machine from a device profile (`experiments/profile_device.py`). The greedy decode that finds a
-prompt's continuation is most of a trace's cost: `decode_block` decodes it speculatively (lossless
-at T=0), and `continuations=<trace table>` reuses the continuations another drafter's traces of the
-same target and settings hold, decoding only the prompts that table lacks. Above T=0 a trace is a sample:
+prompt's continuation is most of a trace's cost: at T=0 `guess_batch` prompts are first decoded
+greedily as one batch (several times cheaper per prompt), and each prompt's decode then takes that
+guess as its draft (lossless: a guess a padded batch rounded differently costs time, never
+exactness); `guess_batch=1` decodes each prompt alone at `decode_block` (speculatively above 1).
+`continuations=<trace table>` reuses the continuations another drafter's traces of the same target
+and settings hold, decoding only the prompts that table lacks. Above T=0 a trace is a sample:
 one real decode per (block size, seed), each seed's draws its own (`bp_rl.traces.SampledTrace`). Crash-safe and resumable: each
 prompt is one SQLite transaction and a re-run skips the prompts already traced. Like
 `collect.py`, it honours `<out>.pause` (`experiments/paused.sh`), so timed work can run beside it.
@@ -28,6 +31,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from bp_rl.collection import parse_shard, shard_path, shard_prompts, table_metadata, wait_while_paused
+from bp_rl.drafter_data import greedy_guesses
 from bp_rl.drafters import load_models
 from bp_rl.measurement import DecodeSettings
 from bp_rl.models import model_slug
@@ -41,6 +45,8 @@ from bp_rl.traces import trace_request
 @hydra.main(config_path="conf", config_name="collect_traces", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     index, count = parse_shard(cfg.shard)
+    if not isinstance(cfg.guess_batch, int) or cfg.guess_batch < 1:
+        raise ValueError(f"guess_batch must be an integer >= 1 (1: decode each prompt alone), got {cfg.guess_batch!r}")
     prompts = shard_prompts(cfg.suite, list(cfg.splits), cfg.shard)
     if cfg.threads is not None:
         torch.set_num_threads(int(cfg.threads))
@@ -67,16 +73,28 @@ def main(cfg: DictConfig) -> None:
     print(f"{out}: {len(done)} prompts traced, {len(todo)} to go ({drafter_name}, block sizes {block_sizes})")
 
     pause_file = out.with_name(out.name + ".pause")
-    bar = tqdm(todo, unit="prompt", smoothing=0.05)
-    for prompt in bar:
+    batch = cfg.guess_batch if settings.temperature == 0 and cfg.guess_batch > 1 else 1
+    bar = tqdm(total=len(todo), unit="prompt", smoothing=0.05)
+    for start in range(0, len(todo), batch):
+        chunk = todo[start : start + batch]
         wait_while_paused(pause_file, bar)
+        ids = {p.id: target.encode(render_prompt(p, target.tokenizer)).tolist() for p in chunk}
+        continuations = {p.id: source.continuation(p.id) if source else None for p in chunk}
+        unknown = [p.id for p in chunk if continuations[p.id] is None] if batch > 1 else []
         started = time.perf_counter()
-        trace = trace_request(target, drafter, render_prompt(prompt, target.tokenizer), block_sizes, cfg.max_new_tokens,
-                              settings.temperature, feature_sets=feature_sets, seeds=seeds,
-                              continuation=source.continuation(prompt.id) if source else None, decode_block=cfg.decode_block)
-        table.add(prompt, trace, time.perf_counter() - started)
-        cycles = trace.acceptance_lengths(max(block_sizes))
-        bar.set_postfix(prompt=prompt.id, accepted=f"{sum(cycles) / max(1, len(cycles)):.2f}")
+        guesses = dict(zip(unknown, greedy_guesses(target, [ids[i] for i in unknown], cfg.max_new_tokens))) if unknown else {}
+        guess_share = (time.perf_counter() - started) / max(1, len(unknown))  # each guessed prompt's part of the batch
+        for prompt in chunk:
+            wait_while_paused(pause_file, bar)
+            started = time.perf_counter()
+            trace = trace_request(target, drafter, ids[prompt.id], block_sizes, cfg.max_new_tokens, settings.temperature,
+                                  feature_sets=feature_sets, seeds=seeds, continuation=continuations[prompt.id],
+                                  decode_block=cfg.decode_block, guess=guesses.get(prompt.id))
+            table.add(prompt, trace, time.perf_counter() - started + (guess_share if prompt.id in guesses else 0.0))
+            cycles = trace.acceptance_lengths(max(block_sizes))
+            bar.update()
+            bar.set_postfix(prompt=prompt.id, accepted=f"{sum(cycles) / max(1, len(cycles)):.2f}")
+    bar.close()
     table.close()
     print(f"done: {out}")
 

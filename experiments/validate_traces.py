@@ -13,7 +13,8 @@
 3. With `--speed-prompts N`: the cost of tracing a prompt (every block size) against one repeat of
    timed collection (the baseline and every block size), both timed here in this run; the trace's
    greedy decode at each of `--decode-blocks` (1: autoregressive; above 1 speculative, and its tokens
-   checked against the autoregressive trace's). Run it on an otherwise idle machine.
+   checked against the autoregressive trace's); with `--guess-batch`, also from the guesses of one
+   batched greedy decode of the N prompts (its time shared out). Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -120,10 +121,12 @@ def timing_agreement(traces: TraceTable, table: RewardTable, profile: DeviceProf
     ]
 
 
-def collection_speed(traces: TraceTable, table: RewardTable, prompts: int, decode_blocks: list[int]) -> list[str]:
-    """Trace one prompt (its continuation decoded at each of `decode_blocks`) vs one timed repeat of it
-    (baseline + every block size), alternating, in this run."""
+def collection_speed(traces: TraceTable, table: RewardTable, prompts: int, decode_blocks: list[int], guess_batch: bool) -> list[str]:
+    """Trace each prompt (its continuation decoded at each of `decode_blocks`, and with `guess_batch`
+    from the guesses of one batched greedy decode of all the prompts, its time shared out) vs one
+    timed repeat of it (baseline + every block size), alternating, in this run."""
     from bp_rl import load_drafter, load_target
+    from bp_rl.drafter_data import greedy_guesses
     from bp_rl.measurement import DecodeSettings, measure
     from bp_rl.prompts import load_prompts, render_prompt
     from bp_rl.traces import trace_request
@@ -134,29 +137,41 @@ def collection_speed(traces: TraceTable, table: RewardTable, prompts: int, decod
     settings = DecodeSettings(**table.meta["settings"])
     chosen = load_prompts(meta["suite"], split="test")[:: 17][:prompts]
     feature_sets = tuple(traces.feature_sets)
-    trace_seconds: dict[int, list[float]] = {b: [] for b in decode_blocks}
-    timed_seconds, same_trace = [], {b: 0 for b in decode_blocks}
-    for prompt in chosen:
-        ids = target.encode(render_prompt(prompt, target.tokenizer))
+    encoded = [target.encode(render_prompt(prompt, target.tokenizer)) for prompt in chosen]
+    methods = {f"decoded {'autoregressively' if b == 1 else f'at block {b}'}": {"decode_block": b} for b in decode_blocks}
+    trace_seconds: dict[str, list[float]] = {how: [] for how in methods}
+    if guess_batch:
+        started = time.perf_counter()
+        guesses = greedy_guesses(target, [ids.tolist() for ids in encoded], settings.max_new_tokens)
+        share = (time.perf_counter() - started) / len(chosen)
+        how = f"guessed by one batched greedy decode of the {len(chosen)} prompts ({share:.2f} s a prompt), then checked"
+        methods[how] = {}
+        trace_seconds[how] = [share] * len(chosen)
+    timed_seconds, same_trace = [], {how: 0 for how in methods}
+    for i, ids in enumerate(encoded):
         made = {}
-        for decode_block in decode_blocks:
+        for how, options in methods.items():
             started = time.perf_counter()
-            made[decode_block] = trace_request(target, drafter, ids, list(traces.block_sizes), settings.max_new_tokens,
-                                               feature_sets=feature_sets, decode_block=decode_block)
-            trace_seconds[decode_block].append(time.perf_counter() - started)
+            made[how] = trace_request(target, drafter, ids, list(traces.block_sizes), settings.max_new_tokens, feature_sets=feature_sets,
+                                      guess=guesses[i] if not options else None, **options)
+            if options:
+                trace_seconds[how].append(time.perf_counter() - started)
+            else:
+                trace_seconds[how][i] += time.perf_counter() - started
         started = time.perf_counter()
         for block in (AUTOREGRESSIVE, *table.block_sizes):
             measure(target, drafter, ids, block, settings, feature_sets if block == AUTOREGRESSIVE else (), seed=0)
         timed_seconds.append(time.perf_counter() - started)
-        for decode_block, trace in made.items():
-            same_trace[decode_block] += (trace.tokens, trace.accepted) == (made[decode_blocks[0]].tokens, made[decode_blocks[0]].accepted)
+        first = next(iter(made.values()))
+        for how, trace in made.items():
+            same_trace[how] += (trace.tokens, trace.accepted) == (first.tokens, first.accepted)
     lines = [f"collection speed ({len(chosen)} test prompts, this run): one timed repeat {np.mean(timed_seconds):.1f} s per prompt "
              f"(AR + {len(table.block_sizes)} block sizes)"]
-    for decode_block, seconds in trace_seconds.items():
+    reference = next(iter(methods))
+    for how, seconds in trace_seconds.items():
         ratio = sum(timed_seconds) / sum(seconds)
-        how = "autoregressively" if decode_block == 1 else f"at block {decode_block}"
-        check = "" if decode_block == decode_blocks[0] else f"; the same trace as decoding at block {decode_blocks[0]} for {same_trace[decode_block]} of {len(chosen)} prompts"
-        lines.append(f"- tracing with the continuation decoded {how}: {np.mean(seconds):.2f} s per prompt (every block size): "
+        check = "" if how == reference else f"; the same trace as {reference} for {same_trace[how]} of {len(chosen)} prompts"
+        lines.append(f"- tracing with the continuation {how}: {np.mean(seconds):.2f} s per prompt (every block size): "
                      f"{ratio:.1f}x per timed repeat, {3 * ratio:.1f}x against the 3 repeats the test split is timed with{check}")
     return lines
 
@@ -170,6 +185,8 @@ def main() -> None:
     parser.add_argument("--speed-prompts", type=int, default=0, help="also time tracing against timed collection on N prompts")
     parser.add_argument("--decode-blocks", type=int, nargs="+", default=[1],
                         help="with --speed-prompts: the block sizes a trace's greedy decode is timed at (1: autoregressive)")
+    parser.add_argument("--guess-batch", action="store_true",
+                        help="with --speed-prompts: also time traces whose continuation one batched greedy decode of the prompts guessed")
     args = parser.parse_args()
     try:
         traces, table = TraceTable.load(args.traces), RewardTable.load(args.table)
@@ -189,7 +206,7 @@ def main() -> None:
     if profile is not None:
         lines += ["", *timing_agreement(traces, table, profile, args.split)]
     if args.speed_prompts:
-        lines += ["", *collection_speed(traces, table, args.speed_prompts, args.decode_blocks)]
+        lines += ["", *collection_speed(traces, table, args.speed_prompts, args.decode_blocks, args.guess_batch)]
     print("\n".join(lines))
 
 

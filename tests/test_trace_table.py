@@ -240,13 +240,16 @@ def test_first_draft_calibration_counts_every_pair_of_anchors(tiny_traces_path):
 
 @pytest.mark.real_model
 def test_trace_collection_resumes_and_loses_nothing(tmp_path):
-    """collect_traces.py on the real embedded target: two prompts, then a re-run that adds one."""
+    """collect_traces.py on the real embedded target: two prompts (their continuations guessed as one
+    batch, then checked), then a re-run that adds one decoded alone."""
     out = tmp_path / "t.sqlite"
     base = [sys.executable, str(ROOT / "experiments" / "collect_traces.py"), f"out={out}", "splits=[test]", "block_sizes=[1,4]",
             "max_new_tokens=8", "feature_sets=[prompt_length]", f"hydra.run.dir={tmp_path / 'h'}"]
-    for more in (2, 1):
-        result = subprocess.run([*base, f"max_prompts={more}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    for more, batch in ((2, 16), (1, 1)):
+        result = subprocess.run([*base, f"max_prompts={more}", f"guess_batch={batch}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
+    result = subprocess.run([*base, "guess_batch=0"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0 and "guess_batch must be an integer >= 1 (1: decode each prompt alone), got 0" in result.stderr
     table = TraceTable.load(out)
     # drafter=default is recorded as the drafter it stands for, the newest shipped one
     assert len(table.done_prompts()) == 3 and table.meta["drafter"] == default_drafter_name(SimpleNamespace(name="smollm2-135m"))

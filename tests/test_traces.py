@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from drafters import greedy_sequence, overfit_drafter
 
-from bp_rl import PromptLookupDrafter, SpeculativeDecoder, speculative_generate
+from bp_rl import ContinuationDrafter, PromptLookupDrafter, SpeculativeDecoder, speculative_generate
+from bp_rl.drafter_data import greedy_guesses
 from bp_rl.measurement import DecodeSettings, measure
 from bp_rl.profiles import DeviceProfile, simulate
 from bp_rl.traces import effective_block, trace_request
@@ -115,6 +116,28 @@ def test_a_known_continuation_or_a_speculative_decode_gives_the_same_trace(tiny_
         trace_request(tiny_target, trained, PROMPT, BLOCKS, max_new_tokens=NEW, continuation=[trace.tokens[0] + 1, *trace.tokens[1:]])
     with pytest.raises(ValueError, match="block_size must be an integer in"):
         trace_request(tiny_target, trained, PROMPT, BLOCKS, max_new_tokens=NEW, decode_block=99)
+
+
+def test_a_guessed_continuation_is_checked_losslessly_right_or_wrong(tiny_target, trained, trace):
+    """A guess (batched greedy decoding: several prompts of other lengths padded into one batch) is only
+    a draft: right, wrong from some token on, or cut short, the trace is the one decoding gives."""
+    other = [9, 8, 7, 6, 5, 4, 3, 2, 11, 12, 13]  # a longer prompt pads this one in the batch
+    batched = greedy_guesses(tiny_target, [PROMPT, other], NEW)[0]
+    assert batched[: len(trace.tokens)] == trace.tokens[: len(batched)]  # the tiny target's EOS may end the batch's guess
+    wrong = [*trace.tokens[:7], (trace.tokens[7] + 1) % tiny_target.vocab_size, *trace.tokens[8:]]
+    for guess in (batched, trace.tokens, wrong, trace.tokens[:3]):
+        checked = trace_request(tiny_target, trained, PROMPT, BLOCKS, max_new_tokens=NEW, stop_token_ids=[], guess=guess)
+        assert checked.tokens == trace.tokens and checked.accepted == trace.accepted
+
+
+def test_a_wrong_guess_drafts_nothing_once_decoding_has_left_it(tiny_target):
+    truth = speculative_generate(tiny_target, None, PROMPT, 1, max_new_tokens=20, stop_token_ids=[]).token_ids
+    guess = [*truth[:5], (truth[5] + 1) % tiny_target.vocab_size, *truth[6:]]
+    drafter = ContinuationDrafter(len(PROMPT), guess, max_block_size=8, only_while_right=True)
+    out = speculative_generate(tiny_target, drafter, PROMPT, 8, max_new_tokens=20, stop_token_ids=[])
+    assert out.token_ids == truth
+    # the first cycle accepts the 4 right drafts and corrects the fifth; past it every cycle verifies its anchor alone
+    assert out.stats.acceptance_lengths[0] == 5 and set(out.stats.verify_counts[1:]) == {1}
 
 
 def test_replay_is_exact_when_the_budget_cuts_the_last_blocks_short(tiny_target, trained):
