@@ -13,8 +13,9 @@
 3. With `--speed-prompts N`: the cost of tracing a prompt (every block size) against one repeat of
    timed collection (the baseline and every block size), both timed here in this run; the trace's
    greedy decode at each of `--decode-blocks` (1: autoregressive; above 1 speculative, and its tokens
-   checked against the autoregressive trace's); with `--guess-batch`, also from the guesses of one
-   batched greedy decode of the N prompts (its time shared out). Run it on an otherwise idle machine.
+   checked against the autoregressive trace's); with `--guess-batch B`, also from the guesses of
+   batched greedy decoding, B prompts a batch (its time shared out), as `collect_traces.py` does by
+   default. Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -121,9 +122,9 @@ def timing_agreement(traces: TraceTable, table: RewardTable, profile: DeviceProf
     ]
 
 
-def collection_speed(traces: TraceTable, table: RewardTable, prompts: int, decode_blocks: list[int], guess_batch: bool) -> list[str]:
+def collection_speed(traces: TraceTable, table: RewardTable, prompts: int, decode_blocks: list[int], guess_batch: int) -> list[str]:
     """Trace each prompt (its continuation decoded at each of `decode_blocks`, and with `guess_batch`
-    from the guesses of one batched greedy decode of all the prompts, its time shared out) vs one
+    from the guesses of batched greedy decodes of that many prompts, their time shared out) vs one
     timed repeat of it (baseline + every block size), alternating, in this run."""
     from bp_rl import load_drafter, load_target
     from bp_rl.drafter_data import greedy_guesses
@@ -135,16 +136,18 @@ def collection_speed(traces: TraceTable, table: RewardTable, prompts: int, decod
     target = load_target(meta["target"])
     drafter = load_drafter(meta["drafter"], target)
     settings = DecodeSettings(**table.meta["settings"])
-    chosen = load_prompts(meta["suite"], split="test")[:: 17][:prompts]
+    test = load_prompts(meta["suite"], split="test")
+    chosen = test[:: max(1, len(test) // prompts)][:prompts]  # spread over the split's categories
     feature_sets = tuple(traces.feature_sets)
     encoded = [target.encode(render_prompt(prompt, target.tokenizer)) for prompt in chosen]
     methods = {f"decoded {'autoregressively' if b == 1 else f'at block {b}'}": {"decode_block": b} for b in decode_blocks}
     trace_seconds: dict[str, list[float]] = {how: [] for how in methods}
     if guess_batch:
         started = time.perf_counter()
-        guesses = greedy_guesses(target, [ids.tolist() for ids in encoded], settings.max_new_tokens)
+        guesses = [guess for first in range(0, len(encoded), guess_batch)
+                   for guess in greedy_guesses(target, [ids.tolist() for ids in encoded[first : first + guess_batch]], settings.max_new_tokens)]
         share = (time.perf_counter() - started) / len(chosen)
-        how = f"guessed by one batched greedy decode of the {len(chosen)} prompts ({share:.2f} s a prompt), then checked"
+        how = f"guessed by batched greedy decoding, {guess_batch} prompts a batch ({share:.2f} s a prompt), then checked"
         methods[how] = {}
         trace_seconds[how] = [share] * len(chosen)
     timed_seconds, same_trace = [], {how: 0 for how in methods}
@@ -185,8 +188,9 @@ def main() -> None:
     parser.add_argument("--speed-prompts", type=int, default=0, help="also time tracing against timed collection on N prompts")
     parser.add_argument("--decode-blocks", type=int, nargs="+", default=[1],
                         help="with --speed-prompts: the block sizes a trace's greedy decode is timed at (1: autoregressive)")
-    parser.add_argument("--guess-batch", action="store_true",
-                        help="with --speed-prompts: also time traces whose continuation one batched greedy decode of the prompts guessed")
+    parser.add_argument("--guess-batch", type=int, default=0,
+                        help="with --speed-prompts: also time traces whose continuations batched greedy decoding guessed, N prompts a batch "
+                             "(collect_traces.py's guess_batch; 0: off)")
     args = parser.parse_args()
     try:
         traces, table = TraceTable.load(args.traces), RewardTable.load(args.table)
