@@ -140,27 +140,23 @@ def collection_speed(traces: TraceTable, table: RewardTable, prompts: int, decod
     chosen = test[:: max(1, len(test) // prompts)][:prompts]  # spread over the split's categories
     feature_sets = tuple(traces.feature_sets)
     encoded = [target.encode(render_prompt(prompt, target.tokenizer)) for prompt in chosen]
-    methods = {f"decoded {'autoregressively' if b == 1 else f'at block {b}'}": {"decode_block": b} for b in decode_blocks}
-    trace_seconds: dict[str, list[float]] = {how: [] for how in methods}
+    # how the continuation is found -> (trace_request options for prompt i, seconds each prompt is charged beforehand)
+    methods = {f"decoded {'autoregressively' if b == 1 else f'at block {b}'}": (lambda i, b=b: {"decode_block": b}, 0.0) for b in decode_blocks}
     if guess_batch:
         started = time.perf_counter()
         guesses = [guess for first in range(0, len(encoded), guess_batch)
                    for guess in greedy_guesses(target, [ids.tolist() for ids in encoded[first : first + guess_batch]], settings.max_new_tokens)]
         share = (time.perf_counter() - started) / len(chosen)
-        how = f"guessed by batched greedy decoding, {guess_batch} prompts a batch ({share:.2f} s a prompt), then checked"
-        methods[how] = {}
-        trace_seconds[how] = [share] * len(chosen)
+        methods[f"guessed by batched greedy decoding, {guess_batch} prompts a batch ({share:.2f} s a prompt), then checked"] = (
+            lambda i: {"guess": guesses[i]}, share)
+    trace_seconds: dict[str, list[float]] = {how: [] for how in methods}
     timed_seconds, same_trace = [], {how: 0 for how in methods}
     for i, ids in enumerate(encoded):
         made = {}
-        for how, options in methods.items():
+        for how, (options, charged) in methods.items():
             started = time.perf_counter()
-            made[how] = trace_request(target, drafter, ids, list(traces.block_sizes), settings.max_new_tokens, feature_sets=feature_sets,
-                                      guess=guesses[i] if not options else None, **options)
-            if options:
-                trace_seconds[how].append(time.perf_counter() - started)
-            else:
-                trace_seconds[how][i] += time.perf_counter() - started
+            made[how] = trace_request(target, drafter, ids, list(traces.block_sizes), settings.max_new_tokens, feature_sets=feature_sets, **options(i))
+            trace_seconds[how].append(charged + time.perf_counter() - started)
         started = time.perf_counter()
         for block in (AUTOREGRESSIVE, *table.block_sizes):
             measure(target, drafter, ids, block, settings, feature_sets if block == AUTOREGRESSIVE else (), seed=0)
