@@ -363,7 +363,7 @@ def train(cfg: DictConfig, target: Target, work: Path) -> None:
         bar.update()
         record = {"step": state["step"], "label_tokens": state["label_tokens"], "seconds": round(state["seconds"], 1), "lr": lr_at(state["step"] - 1, cfg),
                   "loss": loss_now, "acc": float(np.nanmean([m["acc"] for m in step_metrics]))}
-        last = state["step"] == stop
+        last = state["step"] == stop or time.monotonic() >= deadline  # a stopped run ends evaluated
         if state["step"] % cfg.train.eval_every == 0 or last:
             drafter.eval()
             record |= evaluate(drafter, target, cfg, pools["val"], decode=state["step"] == cfg.train.steps or state["step"] % cfg.train.decode_every == 0)

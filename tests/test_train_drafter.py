@@ -86,11 +86,16 @@ def test_stages_resume_and_export(tmp_path, smollm2):
     out = speculative_generate(smollm2, drafter, "def add(a, b):", 4, max_new_tokens=6)
     assert out.stats.new_tokens >= 1
 
-    # warm start of a fresh run from the exported drafter
+    # warm start of a fresh run from the exported drafter, stopped by its time limit long before its
+    # schedule ends and before any scheduled evaluation: it still ends evaluated
     (tmp_path / "work" / "train" / "main" / "checkpoint.pt").unlink()
-    warm = run(tmp_path, "stage=train", "train.steps=1", f"drafter.init_from={tmp_path / 'export'}")
+    warm = run(tmp_path, "stage=train", "train.steps=1000", "train.eval_every=1000", "train.max_minutes=0.001",
+               f"drafter.init_from={tmp_path / 'export'}")
     assert warm.returncode == 0, warm.stderr[-3000:]
-    assert "resumed" not in warm.stdout and log_steps(tmp_path) == [1]
+    steps = log_steps(tmp_path)
+    assert "resumed" not in warm.stdout and steps == list(range(1, len(steps) + 1)) and len(steps) < 1000
+    last = json.loads((tmp_path / "work" / "train" / "main" / "train_log.jsonl").read_text().splitlines()[-1])
+    assert "val_loss" in last and "val_replay_acceptance_b16" in last
     assert len(list((tmp_path / "work" / "train" / "main").glob("train_log.before-*.jsonl"))) == 1
 
 
