@@ -25,7 +25,7 @@ from bp_rl.trace_table import SimulatedRewards, TraceTable
 from envs.backends import Backend, LiveBackend, TableBackend, TraceBackend
 
 DEFAULT_TABLE = "smollm2-135m-block-t0"
-DEFAULT_TRACES = "smollm2-135m-block-v5-traces"  # the default drafter's, every split (env=trace's default)
+DEFAULT_TRACES = "smollm2-135m-block-v6-traces"  # the default drafter's, every split (env=trace's default)
 
 
 class BlockSizeEnv(gym.Env):
