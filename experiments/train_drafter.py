@@ -337,7 +337,7 @@ def train(cfg: DictConfig, target: Target, work: Path) -> None:
     autocast = torch.autocast(target.device.type, dtype=dtype, enabled=dtype is not None)
     bar = tqdm(total=cfg.train.steps, initial=state["step"], desc="train drafter", unit="step")
     drafter.train()
-    while state["step"] < stop and time.monotonic() < deadline:
+    while state["step"] < stop:
         started = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(state["step"], cfg)
@@ -363,7 +363,8 @@ def train(cfg: DictConfig, target: Target, work: Path) -> None:
         bar.update()
         record = {"step": state["step"], "label_tokens": state["label_tokens"], "seconds": round(state["seconds"], 1), "lr": lr_at(state["step"] - 1, cfg),
                   "loss": loss_now, "acc": float(np.nanmean([m["acc"] for m in step_metrics]))}
-        last = state["step"] == stop or time.monotonic() >= deadline  # a stopped run ends evaluated
+        out_of_time = time.monotonic() >= deadline  # read once: the step that stops the run is the one evaluated
+        last = state["step"] == stop or out_of_time
         if state["step"] % cfg.train.eval_every == 0 or last:
             drafter.eval()
             record |= evaluate(drafter, target, cfg, pools["val"], decode=state["step"] == cfg.train.steps or state["step"] % cfg.train.decode_every == 0)
@@ -372,6 +373,8 @@ def train(cfg: DictConfig, target: Target, work: Path) -> None:
         if state["step"] % cfg.train.checkpoint_every == 0 or "val_loss" in record:
             save()
         append_jsonl(log, [record])
+        if out_of_time:
+            break
     save()
     bar.close()
 

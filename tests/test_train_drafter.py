@@ -89,7 +89,7 @@ def test_stages_resume_and_export(tmp_path, smollm2):
     # warm start of a fresh run from the exported drafter, stopped by its time limit long before its
     # schedule ends and before any scheduled evaluation: it still ends evaluated
     (tmp_path / "work" / "train" / "main" / "checkpoint.pt").unlink()
-    warm = run(tmp_path, "stage=train", "train.steps=1000", "train.eval_every=1000", "train.max_minutes=0.001",
+    warm = run(tmp_path, "stage=train", "train.steps=1000", "train.eval_every=1000", "train.max_minutes=0.02",
                f"drafter.init_from={tmp_path / 'export'}")
     assert warm.returncode == 0, warm.stderr[-3000:]
     steps = log_steps(tmp_path)
