@@ -192,6 +192,12 @@ class RewardTable(table_file.TableFile):
         return self.db.total_changes - before
 
     # ---- reading -------------------------------------------------------------------------
+    def splits(self) -> list[str]:
+        """The splits this table's prompts come from (after any cross-validation re-split)."""
+        if self.resplit is not None:
+            return sorted(set(self.resplit.values()))
+        return [split for (split,) in self.db.execute("SELECT DISTINCT split FROM prompts ORDER BY split")]
+
     def feature_dim(self, feature_set: str) -> int:
         return sum(self.feature_sets[part] for part in table_file.feature_parts(self.feature_sets, feature_set, self.path.name))
 
@@ -220,7 +226,12 @@ class RewardTable(table_file.TableFile):
         ]
         if not complete:
             where = f"split {split!r}" if split else "any split"
-            raise ValueError(f"{self.path} has no completely measured prompt in {where}")
+            measured = self.splits()
+            hint = "" if split is None or split in measured else (
+                f" (it was measured on {measured} only: re-split its prompts with cross_validation_fold, "
+                "which is what run.py does for such a table, env.folds=k)"
+            )
+            raise ValueError(f"{self.path} has no completely measured prompt in {where}{hint}")
         return TableView(
             prompt_ids=[p[0] for p in complete],
             categories=np.array([p[1] for p in complete]),

@@ -24,7 +24,7 @@ from bp_rl.rewards import RewardTable
 from bp_rl.trace_table import SimulatedRewards, TraceTable
 from envs.backends import Backend, LiveBackend, TableBackend, TraceBackend
 
-DEFAULT_TABLE = "smollm2-135m-block-t0"
+DEFAULT_TABLE = "smollm2-135m-block-v6-t0-intel-f6m207"  # the default drafter's, timed: test split only (env=table's default)
 DEFAULT_TRACES = "smollm2-135m-block-v6-traces"  # the default drafter's, every split (env=trace's default)
 
 

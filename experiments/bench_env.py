@@ -1,7 +1,7 @@
 """Environment speed: replay steps per second, and live seconds per step.
 
-    python experiments/bench_env.py                       # shipped table, plus 4 live steps
-    python experiments/bench_env.py --table PATH --live-steps 0
+    python experiments/bench_env.py                       # the default traces, plus 4 live steps
+    python experiments/bench_env.py --traces PATH --live-steps 0
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 
 import envs  # noqa: F401  (registers the ids)
 from bp_rl.timing import device_name, machine_load_note
-from envs import DEFAULT_TABLE, make_live_env, make_table_env
+from envs import DEFAULT_TRACES, make_live_env, make_trace_env
 
 
 def steps_per_second(env, steps: int, seed: int = 0) -> float:
@@ -30,15 +30,15 @@ def steps_per_second(env, steps: int, seed: int = 0) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--table", default=DEFAULT_TABLE)
+    parser.add_argument("--traces", default=DEFAULT_TRACES)
     parser.add_argument("--steps", type=int, default=50_000)
     parser.add_argument("--live-steps", type=int, default=4)
     args = parser.parse_args()
 
     print(f"{machine_load_note()}")
-    bare = make_table_env(args.table, "train", normalize_obs=True)
+    bare = make_trace_env(args.traces, split="train", normalize_obs=True)
     print(f"replay (BlockSizeEnv, normalised obs): {steps_per_second(bare, args.steps):,.0f} steps/s")
-    made = gym.make("bp_rl/BlockSize-v0", table=args.table, normalize_obs=True)
+    made = gym.make("bp_rl/BlockSizeTrace-v0", traces=args.traces, normalize_obs=True)
     print(f"replay (gym.make, with its checker wrappers): {steps_per_second(made, args.steps):,.0f} steps/s")
     if args.live_steps:
         live = make_live_env(split="test", max_prompts=args.live_steps)

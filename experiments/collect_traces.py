@@ -2,7 +2,7 @@
 
     python experiments/collect_traces.py                               # the shipped drafter, whole suite
     python experiments/collect_traces.py temperature=1 seeds=[0,1,2] splits=[test]   # sampled traces (T>0)
-    python experiments/collect_traces.py drafter=prompt-lookup continuations=smollm2-135m-block-v5-traces
+    python experiments/collect_traces.py drafter=prompt-lookup continuations=smollm2-135m-block-v6-traces
     python experiments/collect_traces.py -m shard=0/2,1/2 threads=1 hydra/launcher=joblib   # two processes
     python experiments/table.py merge runs/traces/all.sqlite runs/traces/*.shard*.sqlite
 

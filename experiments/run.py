@@ -1,11 +1,11 @@
 """Train a block-size agent on the training split and compare it on held-out prompts.
 
-    python experiments/run.py agent=ppo                       # the shipped table, test split
+    python experiments/run.py agent=ppo                       # the default drafter's traces under this machine's profile
     python experiments/run.py agent=linucb seed=1 env.reward=speedup
     python experiments/run.py agent=oracle env=live env.max_prompts=20   # evaluate by real decoding
     python experiments/run.py agent=linucb env=trace env.profile=NAME    # exact traces under a device profile
     python experiments/run.py -m agent=ppo,linucb,oracle,grid seed=0,1,2 # a sweep; then report.py
-    python experiments/run.py agent=oracle env.table=smollm2-135m-block-t1 env.folds=4   # cross-validated
+    python experiments/run.py agent=oracle env=table                    # the shipped timed table, cross-validated
 
 Writes into the Hydra run directory: results.json, config.yaml (resolved), the trained agent,
 and plots (tokens/s per agent and category, chosen-block histogram, learning curve); logs the
@@ -28,13 +28,14 @@ from agents import FitData, LabelledSet, Logger, agent_policy, best_policy, make
 from agents.base import agent_class, seed_everything
 from bp_rl.rewards import RewardTable
 from bp_rl.trace_table import SimulatedRewards
-from envs import make_live_env, make_table_env, simulated_rewards
+from envs import DEFAULT_TABLE, make_live_env, make_table_env, simulated_rewards
 from reporting import comparison_table, plot_block_histogram, plot_learning_curve, plot_per_category
 from tracking import Tracker
 
 
 CONF = Path(__file__).parent / "conf"
 BACKENDS = ("table", "trace", "live")
+DEFAULT_FOLDS = 4  # for a table without a train split (measured on the test split only)
 
 
 def route_plugin_agents(argv: list[str]) -> list[str]:
@@ -127,7 +128,7 @@ def main(cfg: DictConfig) -> None:
         table = simulated_rewards(cfg.env.traces, cfg.env.profile, expect, cfg.env.get("concurrency"))
         print(f"rewards SIMULATED from the traces {table.path.name} under profile {table.profile.name!r} ({table.profile.kind}: {table.profile.device})")
     else:
-        table = RewardTable.load(cfg.env.table, expect=expect)
+        table = RewardTable.load(cfg.env.table or DEFAULT_TABLE, expect=expect)
     expect["drafter"] = cfg.model.drafter = table.meta["drafter"]  # an eval_table must be the same drafter's
     eval_table = table if cfg.env.get("eval_table") is None else RewardTable.load(cfg.env.eval_table, expect=expect)
     if eval_table.block_sizes != table.block_sizes:
@@ -135,6 +136,9 @@ def main(cfg: DictConfig) -> None:
             f"env.eval_table {cfg.env.eval_table!r} has block sizes {list(eval_table.block_sizes)}, "
             f"the training table {list(table.block_sizes)}: an agent can only be evaluated on the actions it learned"
         )
+    if folds is None and cfg.env.backend == "table" and "train" not in table.splits():
+        folds = cfg.env.folds = DEFAULT_FOLDS
+        print(f"{table.path.name} was measured on {table.splits()} only: {folds}-fold cross-validation over its prompts (env.folds)")
     tracker = Tracker(cfg, run_dir)
     if folds is None:
         parts = [train_and_evaluate(cfg, table, eval_table, run_dir / "agent")]

@@ -1,10 +1,10 @@
 """Inspect, merge and publish reward tables and trace tables.
 
-    python experiments/table.py show smollm2-135m-block-t0 [--split test] [--reward speedup] [--block-sizes 1 4 8]
+    python experiments/table.py show smollm2-135m-block-v6-t0-intel-f6m207 [--split test] [--reward speedup] [--block-sizes 1 4 8]
     python experiments/table.py show runs/traces/t.sqlite --profile flat-amd-epyc   # a trace table, under a profile
-    python experiments/table.py profiles smollm2-135m-block-v5-traces        # the profiles that can price it
+    python experiments/table.py profiles smollm2-135m-block-v6-traces        # the profiles that can price it
     python experiments/table.py merge runs/tables/all.sqlite runs/tables/t.shard0of2.sqlite runs/tables/t.shard1of2.sqlite
-    python experiments/table.py publish runs/tables/t.sqlite bp_rl/data/tables/t.sqlite
+    python experiments/table.py publish runs/tables/t.sqlite bp_rl/data/tables/t.sqlite [--repeats 2]
 
 `show` prints what the policies compete for: per category and overall, the tokens/s of
 autoregressive decoding, of every fixed block size, of the best fixed (grid) block and of the
@@ -160,14 +160,21 @@ def merge(out: str, inputs: list[str]) -> str:
     return f"{out}: {added} rows added, {held} {'traced prompts' if isinstance(table, TraceTable) else 'timed decodes'} in all"
 
 
-def publish(source: str, destination: str) -> str:
-    open_table(source)  # validate before copying
+def publish(source: str, destination: str, repeats: int | None = None) -> str:
+    """Copy `source` to `destination` consistently (safe while a collector writes it), compacted; with
+    `repeats`, a reward table keeps only its first `repeats` timed repeats (a table still being collected)."""
+    table = open_table(source)  # validate before copying
+    if repeats is not None and not (isinstance(table, RewardTable) and repeats >= 1):
+        raise ValueError(f"--repeats {repeats!r}: a positive count, and only for a timed reward table ({source} is a {type(table).__name__})")
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     tmp = destination.with_name(f".{destination.name}.tmp{os.getpid()}")
     tmp.unlink(missing_ok=True)
     with sqlite3.connect(source) as src, sqlite3.connect(tmp) as dst:
         src.backup(dst)
+        if repeats is not None:
+            dst.execute("DELETE FROM runs WHERE repeat >= ?", (repeats,))
+        dst.commit()
         dst.execute("VACUUM")
     os.replace(tmp, destination)
     summary = open_table(str(destination)).summary()
@@ -191,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     p = commands.add_parser("publish", help="consistent compact snapshot of a table (e.g. into bp_rl/data/tables)")
     p.add_argument("source")
     p.add_argument("destination")
+    p.add_argument("--repeats", type=int, default=None, help="reward tables: keep only the first N repeats")
     args = parser.parse_args(argv)
     try:
         if args.command == "show":
@@ -200,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "merge":
             print(merge(args.out, args.inputs))
         else:
-            print(publish(args.source, args.destination))
+            print(publish(args.source, args.destination, args.repeats))
     except (ValueError, FileNotFoundError) as err:  # bad input: the message names the value and the choices
         parser.error(str(err))
 

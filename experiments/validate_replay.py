@@ -1,6 +1,6 @@
 """Does the replayed table agree with reality? Decode N prompts live at every block size and compare.
 
-    python experiments/validate_replay.py --table smollm2-135m-block-t0 --split test --prompts 10
+    python experiments/validate_replay.py --split test --prompts 10     # the default table, on its own CPU model
 
 Uses the table's own target, drafter and decoding settings and the same measurement function
 that filled it. Per prompt: the Spearman rank correlation between live and table tokens/s over
@@ -21,7 +21,8 @@ from bp_rl.measurement import AUTOREGRESSIVE, DecodeSettings, measure
 from bp_rl.prompts import load_prompts, render_prompt
 from bp_rl.outcomes import TPS
 from bp_rl.rewards import RewardTable
-from bp_rl.timing import machine_load_note
+from bp_rl.timing import device_name, machine_load_note
+from envs import DEFAULT_TABLE
 from reporting import markdown_table
 
 
@@ -35,7 +36,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--table", default="smollm2-135m-block-t0")
+    parser.add_argument("--table", default=DEFAULT_TABLE)
     parser.add_argument("--split", default="test")
     parser.add_argument("--prompts", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
@@ -70,6 +71,9 @@ def main() -> None:
         same_best += agree
         rows.append([view.prompt_ids[i], f"{rho:+.2f}", str(view.block_sizes[replay[i].argmax()]), str(view.block_sizes[live_row.argmax()])])
     print(machine_load_note())
+    here, measured_on = device_name(target.device), [m["device"] for m in table.machines]
+    if here not in measured_on:
+        print(f"NOTE: the table was timed on {measured_on}, this run on {here}: the two disagree by the machines' difference too")
     print(markdown_table(rows, ["prompt", "Spearman ρ (block ranking)", "table best", "live best"]))
     ratio_rows = [["AR", f"{np.median([live[(i, AUTOREGRESSIVE)] / view.ar_tokens_per_second[i] for i in chosen]):.3f}"]]
     ratio_rows += [

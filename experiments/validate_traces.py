@@ -1,12 +1,12 @@
 """Do acceptance traces (and a device profile) reproduce timed decoding? Compare them with a timed table.
 
-    python experiments/validate_traces.py --traces runs/traces/t.sqlite --table smollm2-135m-block-t0-amd \
-        --profile smollm2-135m_smollm2-135m-block_cpu-amd-epyc-2t [--speed-prompts 5]
+    python experiments/validate_traces.py            # the default traces vs the default timed table
+    python experiments/validate_traces.py --traces runs/traces/t.sqlite --table TABLE --profile PROFILE [--speed-prompts 5]
 
 1. Exactness (machine-independent): for every (prompt, block size) in both, whether the trace's replay
    of a fixed-block decode gives the acceptance sequence the timed decode recorded, cycle for cycle.
    Every mismatch is listed with its first differing cycle.
-2. With `--profile`: simulated vs timed tokens/s per (prompt, block size): median absolute error,
+2. Under a profile of the CPU model that timed the table (`--profile`; by default the shipped one, if any): simulated vs timed tokens/s per (prompt, block size): median absolute error,
    the per-prompt Spearman rank correlation over block sizes and how often both pick the same best
    block; beside it the same figures for one timed repeat against the median of the others (what
    the timed table itself reproduces). The profile must come from the CPU model that timed the table.
@@ -26,9 +26,10 @@ import time
 import numpy as np
 
 from bp_rl.outcomes import AUTOREGRESSIVE, TPS
-from bp_rl.profiles import DeviceProfile
+from bp_rl.profiles import DeviceProfile, shipped_profiles
 from bp_rl.rewards import RewardTable
 from bp_rl.trace_table import SimulatedRewards, TraceTable
+from envs import DEFAULT_TABLE, DEFAULT_TRACES
 from reporting import markdown_table
 from validate_replay import spearman
 
@@ -175,11 +176,19 @@ def collection_speed(traces: TraceTable, table: RewardTable, prompts: int, decod
     return lines
 
 
+def shipped_profile_of(table: RewardTable) -> DeviceProfile | None:
+    """The shipped measured profile of the table's drafter, timed on the CPU model that timed the table (None: not shipped)."""
+    devices = [m["device"] for m in table.machines]
+    profiles = [DeviceProfile.load(name) for name in shipped_profiles(table.meta["drafter_hash"])]
+    return next((p for p in profiles if p.kind == "measured" and p.device in devices), None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--traces", required=True, help="a trace table (name or path)")
-    parser.add_argument("--table", required=True, help="a timed reward table of the same target, drafter and settings")
-    parser.add_argument("--profile", default=None, help="a device profile of the CPU model that timed the table")
+    parser.add_argument("--traces", default=DEFAULT_TRACES, help="a trace table (name or path)")
+    parser.add_argument("--table", default=DEFAULT_TABLE, help="a timed reward table of the same target, drafter and settings")
+    parser.add_argument("--profile", default=None,
+                        help="a device profile of the CPU model that timed the table (default: the shipped measured one, if any; none: skip)")
     parser.add_argument("--split", choices=["train", "val", "test"], default=None)
     parser.add_argument("--speed-prompts", type=int, default=0, help="also time tracing against timed collection on N prompts")
     parser.add_argument("--decode-blocks", type=int, nargs="+", default=[1],
@@ -195,7 +204,9 @@ def main() -> None:
                 raise ValueError(f"{key}: the traces have {traces.meta[key]!r}, the table {table.meta[key]!r}")
         if traces.meta["settings"]["max_new_tokens"] != table.meta["settings"]["max_new_tokens"] or table.meta["settings"]["temperature"] != 0:
             raise ValueError(f"the table's settings {table.meta['settings']} are not the traces' {traces.meta['settings']} (T=0)")
-        profile = DeviceProfile.load(args.profile) if args.profile else None
+        profile = DeviceProfile.load(args.profile) if args.profile not in (None, "none") else None
+        if args.profile is None:
+            profile = shipped_profile_of(table)
         if profile is not None and profile.device not in [m["device"] for m in table.machines] and profile.kind == "measured":
             raise ValueError(f"profile {profile.name!r} was measured on {profile.device}; the table on {[m['device'] for m in table.machines]}: "
                              "compare timings of one CPU model only")
@@ -205,6 +216,9 @@ def main() -> None:
     lines += exactness(traces, table, args.split)
     if profile is not None:
         lines += ["", *timing_agreement(traces, table, profile, args.split)]
+    elif args.profile is None:
+        lines += ["", f"no shipped profile of {[m['device'] for m in table.machines]} times this drafter: simulated vs timed skipped "
+                      "(on that CPU model: python experiments/profile_device.py)"]
     if args.speed_prompts:
         lines += ["", *collection_speed(traces, table, args.speed_prompts, args.decode_blocks, args.guess_batch)]
     print("\n".join(lines))

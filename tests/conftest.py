@@ -115,6 +115,19 @@ def tiny_table_path(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_test_only_table_path(tiny_table_path, tmp_path_factory):
+    """The tiny table with every prompt in the test split, as a table timed on the test split only is."""
+    import shutil
+    import sqlite3
+
+    path = tmp_path_factory.mktemp("tables") / "tiny-test-only.sqlite"
+    shutil.copy(tiny_table_path, path)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE prompts SET split = 'test'")
+    return path
+
+
 def build_tiny_traces(path, target, drafter, prompts=None):
     """A real (tiny) trace table of the tiny prompts: the same prompts, models and settings as the tiny reward table."""
     from bp_rl.collection import table_metadata

@@ -96,6 +96,21 @@ def test_show_prints_headroom_and_noise_of_a_real_table(tiny_table_path):
     assert "error: block sizes [5]: choose distinct sizes among this table's [1, 2, 4]" in refused and "Traceback" not in refused
 
 
+def test_publish_copies_a_table_and_can_keep_only_its_first_repeats(tiny_table_path, tmp_path):
+    sys.path.insert(0, str(EXPERIMENTS))
+    from table import publish
+
+    repeats = lambda path: sorted(r for (r,) in RewardTable.load(path).db.execute("SELECT DISTINCT repeat FROM runs"))
+    whole, first = tmp_path / "whole.sqlite", tmp_path / "first.sqlite"
+    publish(str(tiny_table_path), str(whole))
+    publish(str(tiny_table_path), str(first), repeats=1)
+    assert repeats(whole) == [0, 1] and repeats(first) == [0] and repeats(tiny_table_path) == [0, 1]
+    assert RewardTable.load(first).done_keys() == {key for key in RewardTable.load(whole).done_keys() if key[2] == 0}
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=f"--repeats {bad}: a positive count"):
+            publish(str(tiny_table_path), str(tmp_path / "bad.sqlite"), repeats=bad)
+
+
 def test_cross_validation_folds_test_every_prompt_once(tiny_table_path):
     table = RewardTable.load(tiny_table_path)
     folds = [table.cross_validation_fold(i, 4, seed=3) for i in range(4)]
@@ -109,6 +124,13 @@ def test_cross_validation_folds_test_every_prompt_once(tiny_table_path):
     for fold, k in [(0, 2), (4, 4), (-1, 4)]:
         with pytest.raises(ValueError, match=f"fold {fold} of {k}"):
             table.cross_validation_fold(fold, k)
+
+
+def test_a_table_without_the_split_asked_for_says_which_it_has(tiny_test_only_table_path):
+    table = RewardTable.load(tiny_test_only_table_path)
+    assert table.splits() == ["test"] and table.cross_validation_fold(0, 4).splits() == ["test", "train", "val"]
+    with pytest.raises(ValueError, match=r"no completely measured prompt in split 'train' \(it was measured on \['test'\] only: re-split"):
+        table.view("last_hidden", "train")
 
 
 def test_rows_match_a_direct_measurement_count(tiny_table_path):

@@ -114,6 +114,14 @@ def test_cross_validation_evaluates_every_prompt_once(tiny_table_path, tmp_path)
     assert results["references"]["best"]["tokens_per_second"] == pytest.approx(per_prompt_best.mean())
 
 
+def test_a_table_timed_on_the_test_split_only_is_cross_validated_by_default(tiny_test_only_table_path, tmp_path):
+    result = run_py(tiny_test_only_table_path, tmp_path, "agent=grid")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "was measured on ['test'] only: 4-fold cross-validation" in result.stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["folds"] == 4 and results["metrics"]["prompts"] == 12
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

@@ -316,7 +316,7 @@ def test_the_shipped_traces_under_the_default_profile(capsys):
 
 def test_table_py_lists_the_shipped_profiles_that_price_a_trace_table_measured_first():
     sys.path.insert(0, str(ROOT / "experiments"))
-    from envs import DEFAULT_TRACES
+    from envs import DEFAULT_TABLE, DEFAULT_TRACES
     from table import profiles_for
 
     names = profiles_for(DEFAULT_TRACES)
@@ -325,4 +325,4 @@ def test_table_py_lists_the_shipped_profiles_that_price_a_trace_table_measured_f
     kinds = [p.kind for p in profiles]
     assert kinds[0] == "measured" and kinds == sorted(kinds)  # "measured" < "model"
     with pytest.raises(ValueError, match="is a timed reward table: profiles price trace tables"):
-        profiles_for("smollm2-135m-block-t0")
+        profiles_for(DEFAULT_TABLE)
