@@ -5,7 +5,7 @@
 """
 
 from agents.base import AGENTS, Agent, FitData, LabelledSet, Logger, agent_names, make_agent, register
-from agents.evaluation import agent_policy, best_policy, run_policies, run_policy, summarise
+from agents.evaluation import against_best_as_run, agent_policy, best_policy, run_policies, run_policy, summarise
 
 # The built-ins register themselves on import; they import `agents.base`, which imports none of them.
 from agents import bandits, baselines, oracle, ppo  # noqa: E402, F401  isort: skip
@@ -16,6 +16,7 @@ __all__ = [
     "FitData",
     "LabelledSet",
     "Logger",
+    "against_best_as_run",
     "agent_names",
     "agent_policy",
     "best_policy",

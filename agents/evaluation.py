@@ -71,6 +71,17 @@ def run_policies(policies: dict[str, Policy], env, seed: int = 0) -> dict[str, l
     return records
 
 
+def against_best_as_run(records: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """`records` with each prompt's `best_reward` set to what the `best` policy earned on it in this run.
+
+    Live, the per-prompt best block comes from a table or traces whose rewards were timed (or simulated)
+    at another time, and the machine's speed drifts between the two: regret and gap closed must compare
+    decodes of one run. Policies take turns prompt by prompt, so record i of every policy is prompt i.
+    """
+    best = [r["reward"] for r in records["best"]]
+    return {name: [{**r, "best_reward": b} for r, b in zip(rows, best, strict=True)] for name, rows in records.items()}
+
+
 def run_policy(policy: Policy, env, name: str = "policy") -> list[dict]:
     """One policy on every prompt of `env`'s split."""
     return run_policies({name: policy}, env)[name]

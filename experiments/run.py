@@ -24,7 +24,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from agents import FitData, LabelledSet, Logger, agent_policy, best_policy, make_agent, run_policies, summarise
+from agents import FitData, LabelledSet, Logger, against_best_as_run, agent_policy, best_policy, make_agent, run_policies, summarise
 from agents.base import agent_class, seed_everything
 from bp_rl.rewards import RewardTable
 from bp_rl.trace_table import SimulatedRewards
@@ -107,7 +107,10 @@ def train_and_evaluate(cfg: DictConfig, table: RewardTable, eval_table: RewardTa
             policies[name] = agent_policy(reference)
     if all(eval_env.best_action(i) is not None for i in range(eval_env.num_prompts)):
         policies["best"] = best_policy(eval_env)
-    return Outcome(run_policies(policies, eval_env, cfg.seed), train_seconds, logger.history)  # live: interleaved by prompt
+    records = run_policies(policies, eval_env, cfg.seed)  # live: interleaved by prompt
+    if cfg.env.backend == "live" and "best" in records:  # measure the gap against the best block as decoded in this run
+        records = against_best_as_run(records)
+    return Outcome(records, train_seconds, logger.history)
 
 
 @hydra.main(config_path="conf", config_name="run", version_base="1.3")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agents import FitData, LabelledSet, agent_names, agent_policy, best_policy, make_agent, run_policies, run_policy, summarise
+from agents import FitData, LabelledSet, against_best_as_run, agent_names, agent_policy, best_policy, make_agent, run_policies, run_policy, summarise
 from agents.base import Agent
 from bp_rl.outcomes import MIN_GAP
 from bp_rl.rewards import RewardTable
@@ -83,6 +83,21 @@ def test_gap_closed_is_not_reported_when_the_gap_is_timing_noise():
     assert summarise(records([10.0, 10.5], [10.0, 11.0]), grid)["gap_closed"] == pytest.approx(0.5)
     grid = records([10.0, 10.0], [10.0, 10.01])  # best beats grid by 0.05%
     assert summarise(records([10.0, 10.01], [10.0, 10.01]), grid)["gap_closed"] is None
+
+
+def test_live_gaps_are_measured_against_the_best_block_as_decoded_in_the_same_run():
+    def records(rewards):  # best_reward 40: what the traces simulated, at another time
+        keys = dict(category="code", tokens_per_second=1.0, speedup=1.0, mean_acceptance=1.0, block_size=1, decision_seconds=0.0)
+        return [{**keys, "reward": r, "best_reward": 40.0} for r in rewards]
+
+    run = {"agent": records([21.0, 30.0]), "grid": records([20.0, 30.0]), "best": records([22.0, 31.0])}
+    measured = against_best_as_run(run)
+    assert [r["best_reward"] for rows in measured.values() for r in rows] == [22.0, 31.0] * 3
+    assert summarise(measured["agent"], measured["grid"])["gap_closed"] == pytest.approx(0.5 / 1.5)  # means: 25.5, 25, 26.5
+    assert summarise(measured["best"], measured["grid"])["regret"] == pytest.approx(0)
+    assert summarise(run["agent"], run["grid"])["gap_closed"] == pytest.approx(0.5 / 15)  # against the simulated best
+    with pytest.raises(ValueError):
+        against_best_as_run({**run, "best": records([22.0])})  # a prompt without its best decode
 
 
 def test_evaluation_runs_the_policy_and_scores_against_grid_and_best(fit_data, test_env):
