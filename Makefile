@@ -40,7 +40,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(PY) experiments/bench_decode.py
 
-# Regenerate the README's results from the shipped data (PARTS="traces timed live" picks parts; LIVE=1 adds live decoding).
+# Regenerate the README's results from the shipped data (PARTS="traces ablations timed" by default; LIVE=1 adds live decoding).
 figures: $(STAMP)
 	PY=$(PY) experiments/figures.sh
 

@@ -7,7 +7,7 @@
 # traces: the exact T=0 traces (simulated rewards): headroom and the 3-seed agent sweep under each of
 #   their shipped profiles (measured CPU, flat model, H200 roofline), about 15 minutes on 2 cores.
 # ablations: sample efficiency and feature sets, on the traces under the measured profile (15 minutes).
-# timed: the timed T=0 table (test split only, 3 repeats): headroom and noise, also over smaller
+# timed: the timed T=0 table (test split only, medians of its repeats): headroom and noise, also over smaller
 #   block sets; the traces against it (exact replay, simulated vs timed); the agents cross-validated
 #   on its prompts (about 5 minutes).
 # live (LIVE=1 adds it): what decodes for real, meaningful on the timed table's CPU model only:

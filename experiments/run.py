@@ -139,9 +139,10 @@ def main(cfg: DictConfig) -> None:
             f"env.eval_table {cfg.env.eval_table!r} has block sizes {list(eval_table.block_sizes)}, "
             f"the training table {list(table.block_sizes)}: an agent can only be evaluated on the actions it learned"
         )
-    if folds is None and cfg.env.backend == "table" and "train" not in table.splits():
+    measured_splits = table.splits() if cfg.env.backend == "table" else None
+    if folds is None and measured_splits is not None and "train" not in measured_splits:
         folds = cfg.env.folds = DEFAULT_FOLDS
-        print(f"{table.path.name} was measured on {table.splits()} only: {folds}-fold cross-validation over its prompts (env.folds)")
+        print(f"{table.path.name} was measured on {measured_splits} only: {folds}-fold cross-validation over its prompts (env.folds)")
     tracker = Tracker(cfg, run_dir)
     if folds is None:
         parts = [train_and_evaluate(cfg, table, eval_table, run_dir / "agent")]

@@ -176,10 +176,9 @@ def collection_speed(traces: TraceTable, table: RewardTable, prompts: int, decod
     return lines
 
 
-def shipped_profile_of(table: RewardTable) -> DeviceProfile | None:
-    """The shipped measured profile of the table's drafter, timed on the CPU model that timed the table (None: not shipped)."""
-    devices = [m["device"] for m in table.machines]
-    profiles = [DeviceProfile.load(name) for name in shipped_profiles(table.meta["drafter_hash"])]
+def shipped_profile_of(drafter_hash: str, devices: list[str]) -> DeviceProfile | None:
+    """The shipped measured profile of this drafter timed on one of `devices` (None: not shipped)."""
+    profiles = [DeviceProfile.load(name) for name in shipped_profiles(drafter_hash)]
     return next((p for p in profiles if p.kind == "measured" and p.device in devices), None)
 
 
@@ -204,11 +203,13 @@ def main() -> None:
                 raise ValueError(f"{key}: the traces have {traces.meta[key]!r}, the table {table.meta[key]!r}")
         if traces.meta["settings"]["max_new_tokens"] != table.meta["settings"]["max_new_tokens"] or table.meta["settings"]["temperature"] != 0:
             raise ValueError(f"the table's settings {table.meta['settings']} are not the traces' {traces.meta['settings']} (T=0)")
-        profile = DeviceProfile.load(args.profile) if args.profile not in (None, "none") else None
+        devices = [m["device"] for m in table.machines]  # the CPU models that timed the table
         if args.profile is None:
-            profile = shipped_profile_of(table)
-        if profile is not None and profile.device not in [m["device"] for m in table.machines] and profile.kind == "measured":
-            raise ValueError(f"profile {profile.name!r} was measured on {profile.device}; the table on {[m['device'] for m in table.machines]}: "
+            profile = shipped_profile_of(table.meta["drafter_hash"], devices)
+        else:
+            profile = None if args.profile == "none" else DeviceProfile.load(args.profile)
+        if profile is not None and profile.device not in devices and profile.kind == "measured":
+            raise ValueError(f"profile {profile.name!r} was measured on {profile.device}; the table on {devices}: "
                              "compare timings of one CPU model only")
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
@@ -217,7 +218,7 @@ def main() -> None:
     if profile is not None:
         lines += ["", *timing_agreement(traces, table, profile, args.split)]
     elif args.profile is None:
-        lines += ["", f"no shipped profile of {[m['device'] for m in table.machines]} times this drafter: simulated vs timed skipped "
+        lines += ["", f"no shipped profile of {devices} times this drafter: simulated vs timed skipped "
                       "(on that CPU model: python experiments/profile_device.py)"]
     if args.speed_prompts:
         lines += ["", *collection_speed(traces, table, args.speed_prompts, args.decode_blocks, args.guess_batch)]
