@@ -2,11 +2,42 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from bp_rl import BlockDrafter, Target
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))  # tests import the scripts and their helpers (table, tracking, ...) as the scripts do
+
+
+def run_script(name: str, *overrides: str) -> subprocess.CompletedProcess:
+    """What `python experiments/<name>.py <overrides>` returns, run in this process.
+
+    For the runs that only check how bad input is refused: a new interpreter would spend most of their
+    seconds importing torch and transformers again. End-to-end runs stay subprocesses, as a user types them.
+    """
+    main = importlib.import_module(name).main  # a @hydra.main function: it reads sys.argv, and exits 1 on an error
+    args = [str(EXPERIMENTS / f"{name}.py"), *overrides]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        patch.setattr(sys, "argv", args)
+        patch.setenv("HYDRA_MAIN_MODULE", "__main__")  # Hydra finds conf/ beside the script only for a __main__ module
+        patch.delenv("HYDRA_FULL_ERROR", raising=False)  # which would re-raise instead of exiting 1
+        try:
+            main()
+            returncode = 0
+        except SystemExit as exit:
+            returncode = exit.code if isinstance(exit.code, int) else 1
+    return subprocess.CompletedProcess(args, returncode, stdout.getvalue(), stderr.getvalue())
 
 TINY_SHAPES = dict(
     hidden_size=32,

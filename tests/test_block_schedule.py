@@ -185,11 +185,8 @@ def test_the_live_schedule_env_decodes_what_speculative_generate_decodes(smollm2
 
 
 def test_compare_schedules_prints_each_seeds_gap_closed():
-    import sys
-    from pathlib import Path
     from types import SimpleNamespace
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     from compare_schedules import report
 
     def seed(grid, best, ppo):
@@ -207,10 +204,6 @@ def test_compare_schedules_prints_each_seeds_gap_closed():
 
 
 def test_compare_schedules_reports_every_policy_and_the_replay_check(tiny_traces_path, tiny_profile_path, tmp_path):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     from compare_schedules import main
 
     out = tmp_path / "report.md"

@@ -20,9 +20,8 @@ from bp_rl.collection import parse_shard, plan_rows, shard_path
 from bp_rl.measurement import AUTOREGRESSIVE
 from bp_rl.outcomes import TableView, reward_value
 from bp_rl.rewards import RewardTable
-from conftest import TINY_BLOCKS, build_tiny_table, tiny_prompts, tiny_table_models
+from conftest import EXPERIMENTS, TINY_BLOCKS, build_tiny_table, run_script, tiny_prompts, tiny_table_models
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +96,6 @@ def test_show_prints_headroom_and_noise_of_a_real_table(tiny_table_path):
 
 
 def test_publish_copies_a_table_and_can_keep_only_its_first_repeats(tiny_table_path, tmp_path):
-    sys.path.insert(0, str(EXPERIMENTS))
     from table import publish
 
     repeats = lambda path: sorted(r for (r,) in RewardTable.load(path).db.execute("SELECT DISTINCT repeat FROM runs"))
@@ -301,8 +299,8 @@ def test_collect_script_measures_resumes_and_refuses_bad_input(tmp_path):
     assert table.meta["settings"]["max_new_tokens"] == 8 and "last_hidden" in table.feature_sets
     again = subprocess.run(args, capture_output=True, text=True)
     assert again.returncode == 0 and "18 rows already measured, 0 to go" in again.stdout
-    mixed = subprocess.run([*args, "temperature=1.0"], capture_output=True, text=True)
+    mixed = run_script("collect", *args[2:], "temperature=1.0")  # refusals run in process: no new interpreter's start
     assert mixed.returncode != 0 and "refusing to mix rows" in mixed.stderr
     for bad, message in [("shard=2/2", "shard must be 'i/n'"), ("splits=[dev]", "unknown split(s) ['dev']"), ("block_sizes=[32]", "block_size must be")]:
-        result = subprocess.run([*args, bad], capture_output=True, text=True)
+        result = run_script("collect", *args[2:], bad)
         assert result.returncode != 0 and message in result.stderr, result.stderr[-1500:]

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from conftest import run_script
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "experiments" / "conf"
 AGENT_CONFIGS = sorted(p.stem for p in (CONF / "agent").glob("*.yaml") if p.stem != "plugin")
@@ -136,8 +138,11 @@ def test_a_table_timed_on_the_test_split_only_is_cross_validated_by_default(tiny
         ("logger.mode=loud", "unknown logger.mode 'loud'"),
     ],
 )
-def test_bad_overrides_fail_with_a_message(override, message, tiny_table_path, tmp_path):
-    result = run_py(tiny_table_path, tmp_path, override)
+def test_bad_overrides_fail_with_a_message(override, message, tiny_table_path, tmp_path, monkeypatch):
+    from run import route_plugin_agents
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    result = run_script("run", *route_plugin_agents([f"env.table={tiny_table_path}", *TINY, f"hydra.run.dir={tmp_path}", override]))
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
 

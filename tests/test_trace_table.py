@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import TINY_BLOCKS, TINY_NEW_TOKENS, build_tiny_traces, tiny_profile, tiny_prompts, tiny_table_models, tiny_token_ids
+from conftest import TINY_BLOCKS, TINY_NEW_TOKENS, build_tiny_traces, run_script, tiny_profile, tiny_prompts, tiny_table_models, tiny_token_ids
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
@@ -65,7 +65,6 @@ def test_a_file_traced_before_entropies_were_kept_still_reads_resumes_and_merges
 
 def test_traces_replay_every_timed_decode_of_the_tiny_table(tiny_traces_path, tiny_table_path):
     """The validation script's exactness check on the tiny tables (same models, prompts and settings)."""
-    sys.path.insert(0, str(ROOT / "experiments"))
     from validate_traces import exactness
 
     lines = exactness(TraceTable.load(tiny_traces_path), RewardTable.load(tiny_table_path), None)
@@ -224,7 +223,6 @@ def test_table_py_shows_a_trace_table_under_a_profile_only(tiny_traces_path, tin
 def test_first_draft_calibration_counts_every_pair_of_anchors(tiny_traces_path):
     """The AUC `table.py show` prints equals the share of (right, wrong) anchor pairs whose confidences
     are ordered right over wrong, ties counting half."""
-    sys.path.insert(0, str(ROOT / "experiments"))
     from table import first_draft_calibration
 
     table = TraceTable.load(tiny_traces_path)
@@ -248,7 +246,7 @@ def test_trace_collection_resumes_and_loses_nothing(tmp_path):
     for more, batch in ((2, 16), (1, 1)):
         result = subprocess.run([*base, f"max_prompts={more}", f"guess_batch={batch}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
-    result = subprocess.run([*base, "guess_batch=0"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = run_script("collect_traces", *base[2:], "guess_batch=0")
     assert result.returncode != 0 and "guess_batch must be an integer >= 1 (1: decode each prompt alone), got 0" in result.stderr
     table = TraceTable.load(out)
     # drafter=default is recorded as the drafter it stands for, the newest shipped one
@@ -272,7 +270,6 @@ def test_trace_collection_resumes_and_loses_nothing(tmp_path):
 
 
 def test_continuations_come_only_from_traces_of_the_same_target_and_settings(tiny_traces_path):
-    sys.path.insert(0, str(ROOT / "experiments"))
     from collect_traces import continuation_source
 
     meta = TraceTable.load(tiny_traces_path).meta
@@ -315,7 +312,6 @@ def test_the_shipped_traces_under_the_default_profile(capsys):
 
 
 def test_table_py_lists_the_shipped_profiles_that_price_a_trace_table_measured_first():
-    sys.path.insert(0, str(ROOT / "experiments"))
     from envs import DEFAULT_TABLE, DEFAULT_TRACES
     from table import profiles_for
 

@@ -11,6 +11,7 @@ import pytest
 
 from bp_rl import load_drafter, speculative_generate
 from bp_rl.prompts import load_prompts
+from conftest import run_script
 
 pytestmark = pytest.mark.real_model
 
@@ -23,9 +24,12 @@ TOY = [
 ]
 
 
-def run(tmp_path, *overrides, work="work"):
-    cmd = [sys.executable, "experiments/train_drafter.py", f"work_dir={tmp_path / work}", f"export.path={tmp_path / 'export'}", *TOY, *overrides]
-    return subprocess.run(cmd, capture_output=True, text=True)
+def run(tmp_path, *overrides, work="work", in_process=False):
+    """train_drafter.py at toy scale; in_process for the runs that only check how bad input is refused."""
+    args = [f"work_dir={tmp_path / work}", f"export.path={tmp_path / 'export'}", *TOY, *overrides]
+    if in_process:
+        return run_script("train_drafter", *args)
+    return subprocess.run([sys.executable, "experiments/train_drafter.py", *args], capture_output=True, text=True)
 
 
 def log_steps(tmp_path):
@@ -99,6 +103,7 @@ def test_stages_resume_and_export(tmp_path, smollm2):
     assert len(list((tmp_path / "work" / "train" / "main").glob("train_log.before-*.jsonl"))) == 1
 
 
+@pytest.mark.slow  # a minute of generation; `make test-slow` runs it
 def test_a_later_round_appends_new_prompts_once(tmp_path, smollm2):
     manifest = tmp_path / "work" / "prompts-train.jsonl"
     assert run(tmp_path, "stage=prompts").returncode == 0
@@ -114,25 +119,25 @@ def test_a_later_round_appends_new_prompts_once(tmp_path, smollm2):
     assert "regeneration prompts added (round 1)" in grown.stdout
     assert run(tmp_path, "stage=prompts", "data.round=1").returncode == 0
     assert manifest.read_text().splitlines() == rows  # appended once
-    bad = run(tmp_path, "stage=prompts", "data.round=-1")
+    bad = run(tmp_path, "stage=prompts", "data.round=-1", in_process=True)
     assert bad.returncode != 0 and "data.round must be 0" in bad.stderr
 
 
 def test_train_block_larger_than_drafter_is_rejected(tmp_path):
-    bad = run(tmp_path, "stage=train", "train.block_size=32")
+    bad = run(tmp_path, "stage=train", "train.block_size=32", in_process=True)
     assert bad.returncode != 0 and "train.block_size (32) exceeds drafter.block_size (16)" in bad.stderr
 
 
 def test_train_before_regenerating_is_explained(tmp_path):
-    bad = run(tmp_path, "stage=train")
+    bad = run(tmp_path, "stage=train", in_process=True)
     assert bad.returncode != 0 and "run stage=prompts and stage=regenerate first" in bad.stderr
 
 
 def test_unknown_stage_is_rejected(tmp_path):
-    bad = run(tmp_path, "stage=fit")
+    bad = run(tmp_path, "stage=fit", in_process=True)
     assert bad.returncode != 0 and "unknown stage 'fit'" in bad.stderr
 
 
 def test_unknown_autocast_dtype_is_rejected(tmp_path):
-    bad = run(tmp_path, "stage=regenerate", "data.teacher_autocast=bf16")
+    bad = run(tmp_path, "stage=regenerate", "data.teacher_autocast=bf16", in_process=True)
     assert bad.returncode != 0 and "data.teacher_autocast='bf16' is not a mixed-precision dtype; valid: ['bfloat16', 'float16', None]" in bad.stderr
