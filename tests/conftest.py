@@ -39,6 +39,7 @@ def run_script(name: str, *overrides: str) -> subprocess.CompletedProcess:
             returncode = exit.code if isinstance(exit.code, int) else 1
     return subprocess.CompletedProcess(args, returncode, stdout.getvalue(), stderr.getvalue())
 
+
 TINY_SHAPES = dict(
     hidden_size=32,
     intermediate_size=64,
