@@ -5,11 +5,11 @@
 #     PARTS=timed experiments/figures.sh  # only some parts: traces, ablations, timed, live
 #
 # traces: the exact T=0 traces (simulated rewards): headroom and the 3-seed agent sweep under each of
-#   their shipped profiles (measured CPU, flat model, H200 roofline), about 15 minutes on 2 cores.
-# ablations: sample efficiency and feature sets, on the traces under the measured profile (15 minutes).
+#   their shipped profiles (measured CPU, flat model, H200 roofline), about 18 minutes on 2 cores.
+# ablations: sample efficiency and feature sets, on the traces under the measured profile (about 23 minutes).
 # timed: the timed T=0 table (test split only, medians of its repeats): headroom and noise, also over smaller
 #   block sets; the traces against it (exact replay, simulated vs timed); the agents cross-validated
-#   on its prompts (about 5 minutes).
+#   on its prompts (about 9 minutes).
 # live (LIVE=1 adds it): what decodes for real, meaningful on the timed table's CPU model only:
 #   replay vs live, environment speed, and the headline row (PPO, grid and fixed decoded live on 20
 #   test prompts), about 15 minutes. Nothing else may run meanwhile: the timings would be skewed.
