@@ -23,7 +23,6 @@ from bp_rl.rewards import RewardTable
 from conftest import EXPERIMENTS, TINY_BLOCKS, build_tiny_table, run_script, tiny_prompts, tiny_table_models
 
 
-
 @pytest.fixture(scope="module")
 def tiny_models():
     return tiny_table_models()
@@ -289,9 +288,9 @@ def test_reward_value_definitions():
 
 @pytest.mark.real_model
 def test_collect_script_measures_resumes_and_refuses_bad_input(tmp_path):
-    script = EXPERIMENTS / "collect.py"
-    args = [sys.executable, str(script), "max_prompts=2", "splits=[test]", "block_sizes=[1,3]", "max_new_tokens=8", "warmup=1",
-            f"out={tmp_path}/t.sqlite", f"hydra.run.dir={tmp_path}/hydra"]  # fmt: skip
+    overrides = ["max_prompts=2", "splits=[test]", "block_sizes=[1,3]", "max_new_tokens=8", "warmup=1",
+                 f"out={tmp_path}/t.sqlite", f"hydra.run.dir={tmp_path}/hydra"]  # fmt: skip
+    args = [sys.executable, str(EXPERIMENTS / "collect.py"), *overrides]
     first = subprocess.run(args, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-2000:]
     table = RewardTable.load(tmp_path / "t.sqlite", expect={"target": "smollm2-135m", "block_sizes": [1, 3]})
@@ -299,8 +298,8 @@ def test_collect_script_measures_resumes_and_refuses_bad_input(tmp_path):
     assert table.meta["settings"]["max_new_tokens"] == 8 and "last_hidden" in table.feature_sets
     again = subprocess.run(args, capture_output=True, text=True)
     assert again.returncode == 0 and "18 rows already measured, 0 to go" in again.stdout
-    mixed = run_script("collect", *args[2:], "temperature=1.0")  # refusals run in process: no new interpreter's start
+    mixed = run_script("collect", *overrides, "temperature=1.0")  # refusals run in process: no new interpreter's start
     assert mixed.returncode != 0 and "refusing to mix rows" in mixed.stderr
     for bad, message in [("shard=2/2", "shard must be 'i/n'"), ("splits=[dev]", "unknown split(s) ['dev']"), ("block_sizes=[32]", "block_size must be")]:
-        result = run_script("collect", *args[2:], bad)
+        result = run_script("collect", *overrides, bad)
         assert result.returncode != 0 and message in result.stderr, result.stderr[-1500:]
