@@ -5,7 +5,10 @@
 
 1. Exactness (machine-independent): for every (prompt, block size) in both, whether the trace's replay
    of a fixed-block decode gives the acceptance sequence the timed decode recorded, cycle for cycle.
-   Every mismatch is listed with its first differing cycle.
+   Every mismatch is listed with its first differing cycle. Above T=0 (sampled traces against a table
+   timed at the same temperature) no decode repeats another, so instead: mean acceptance per block
+   size, the traces' seeds against the timed repeats, beside the timed table's own repeat-to-repeat
+   difference (what sampling alone moves).
 2. Under a profile of the CPU model that timed the table (`--profile`; by default the shipped one, if any): simulated vs timed tokens/s per (prompt, block size): median absolute error,
    the per-prompt Spearman rank correlation over block sizes and how often both pick the same best
    block; beside it the same figures for one timed repeat against the median of the others (what
@@ -80,6 +83,38 @@ def exactness(traces: TraceTable, table: RewardTable, split: str | None) -> list
     return lines
 
 
+def acceptance_agreement(traces: TraceTable, table: RewardTable, split: str | None) -> list[str]:
+    """Mean acceptance length per block size over the prompts both hold: every seed of the traces against
+    every timed repeat. Above T=0 each decode draws its own samples, so beside it stands the timed table
+    against itself (its first repeat against its others: what sampling alone moves the mean by)."""
+    traced = {pid for pid, _, _ in traces.traced_prompts(split)}
+    blocks = [b for b in table.block_sizes if b in traces.block_sizes]
+    timed: dict[tuple[str, int], list[float]] = {}  # (prompt, block) -> per-repeat mean acceptance, repeat 0 first
+    for pid, block, acceptance in table.db.execute("SELECT prompt_id, block_size, acceptance FROM runs ORDER BY repeat"):
+        if pid in traced and block in blocks:
+            timed.setdefault((pid, block), []).append(np.frombuffer(acceptance, dtype=np.uint8).mean())
+    prompts = sorted({pid for pid, _ in timed})
+    rows = []
+    for block in blocks:
+        pids = [pid for pid in prompts if (pid, block) in timed]
+        if not pids:
+            continue
+        per_prompt = [[trace.acceptance_lengths(block, j) for j in range(len(trace.seeds))] if traces.sampled else [trace.acceptance_lengths(block)]
+                      for trace in (traces.trace(pid) for pid in pids)]
+        traced_mean = np.mean([np.mean([np.mean(cycles) for cycles in decodes]) for decodes in per_prompt])
+        timed_mean = np.mean([np.mean(timed[(pid, block)]) for pid in pids])
+        repeated = [timed[(pid, block)] for pid in pids if len(timed[(pid, block)]) > 1]
+        self_ratio = (f"{np.mean([r[0] for r in repeated]) / np.mean([np.mean(r[1:]) for r in repeated]):.3f} ({len(repeated)} prompts)"
+                      if repeated else "-")
+        rows.append([str(block), str(len(pids)), f"{timed_mean:.3f}", f"{traced_mean:.3f}", f"{traced_mean / timed_mean:.3f}", self_ratio])
+    seeds_said = f"seeds {traces.meta['seeds']}" if traces.sampled else "exact"
+    return [
+        f"acceptance at T={traces.temperature:g} (tokens per verify pass, bonus included; mean over prompts): traces ({seeds_said}) vs "
+        "every timed repeat",
+        markdown_table(rows, ["block", "prompts", "timed", "traced", "traced/timed", "timed repeat 0 / its other repeats"]),
+    ]
+
+
 def timing_agreement(traces: TraceTable, table: RewardTable, profile: DeviceProfile, split: str | None) -> list[str]:
     features = next(iter(traces.feature_sets))
     timed = table.view(features, split)
@@ -87,8 +122,9 @@ def timing_agreement(traces: TraceTable, table: RewardTable, profile: DeviceProf
     common = [pid for pid in timed.prompt_ids if pid in set(simulated.prompt_ids)]
     t_index = [timed.prompt_ids.index(p) for p in common]
     s_index = [simulated.prompt_ids.index(p) for p in common]
-    blocks = timed.block_sizes
-    t_tps = np.column_stack([timed.ar_tokens_per_second[t_index], timed.median(TPS)[t_index]])
+    blocks = [b for b in timed.block_sizes if b in simulated.block_sizes]  # a sample of traces may hold fewer sizes
+    t_cols = [timed.block_sizes.index(b) for b in blocks]
+    t_tps = np.column_stack([timed.ar_tokens_per_second[t_index], timed.median(TPS)[t_index][:, t_cols]])
     s_tps = np.column_stack([simulated.ar_tokens_per_second[s_index], simulated.median(TPS)[s_index][:, [simulated.block_sizes.index(b) for b in blocks]]])
 
     def agreement(predicted: np.ndarray, measured: np.ndarray) -> tuple[float, float, float, float]:
@@ -102,11 +138,11 @@ def timing_agreement(traces: TraceTable, table: RewardTable, profile: DeviceProf
 
     sim = agreement(s_tps, t_tps)
     # the timed table against itself: repeat 0 predicting the median of the other repeats
-    held = [i for i in t_index if all(len(s) >= 3 for s in timed.samples[i]) and len(timed.ar_samples[i]) >= 3]
+    held = [i for i in t_index if all(len(timed.samples[i][k]) >= 3 for k in t_cols) and len(timed.ar_samples[i]) >= 3]
     rows = [["simulated (trace x profile) vs timed median", str(len(common)), *[f"{v:.3f}" for v in sim]]]
     if held:
-        first = np.array([[timed.ar_samples[i][0], *[s[0, TPS] for s in timed.samples[i]]] for i in held])
-        rest = np.array([[np.median(timed.ar_samples[i][1:]), *[np.median(s[1:, TPS]) for s in timed.samples[i]]] for i in held])
+        first = np.array([[timed.ar_samples[i][0], *[timed.samples[i][k][0, TPS] for k in t_cols]] for i in held])
+        rest = np.array([[np.median(timed.ar_samples[i][1:]), *[np.median(timed.samples[i][k][1:, TPS]) for k in t_cols]] for i in held])
         noise = agreement(first, rest)
         rows.append(["timed repeat 0 vs median of the other repeats", str(len(held)), *[f"{v:.3f}" for v in noise]])
     per_block = [["AR", f"{t_tps[:, 0].mean():.2f}", f"{s_tps[:, 0].mean():.2f}", f"{np.median(s_tps[:, 0] / t_tps[:, 0]):.3f}"]] + [
@@ -201,8 +237,10 @@ def main() -> None:
         for key in ("target", "drafter_hash", "suite"):
             if traces.meta[key] != table.meta[key]:
                 raise ValueError(f"{key}: the traces have {traces.meta[key]!r}, the table {table.meta[key]!r}")
-        if traces.meta["settings"]["max_new_tokens"] != table.meta["settings"]["max_new_tokens"] or table.meta["settings"]["temperature"] != 0:
-            raise ValueError(f"the table's settings {table.meta['settings']} are not the traces' {traces.meta['settings']} (T=0)")
+        for key in sorted(traces.meta["settings"].keys() | table.meta["settings"].keys()):  # max_new_tokens, temperature, ...
+            if traces.meta["settings"].get(key) != table.meta["settings"].get(key):
+                raise ValueError(f"settings: the traces have {key}={traces.meta['settings'].get(key)!r}, "
+                                 f"the table {table.meta['settings'].get(key)!r}")
         devices = [m["device"] for m in table.machines]  # the CPU models that timed the table
         if args.profile is None:
             profile = shipped_profile_of(table.meta["drafter_hash"], devices)
@@ -214,7 +252,7 @@ def main() -> None:
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     lines = [f"traces {traces.path.name} ({traces.meta['drafter']}) vs timed table {table.path.name}, split {args.split or 'all'}", ""]
-    lines += exactness(traces, table, args.split)
+    lines += acceptance_agreement(traces, table, args.split) if traces.sampled else exactness(traces, table, args.split)
     if profile is not None:
         lines += ["", *timing_agreement(traces, table, profile, args.split)]
     elif args.profile is None:

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import TINY_BLOCKS, TINY_NEW_TOKENS, build_tiny_traces, run_script, tiny_profile, tiny_prompts, tiny_table_models, tiny_token_ids
+from conftest import TINY_BLOCKS, TINY_NEW_TOKENS, build_tiny_table, build_tiny_traces, run_script, tiny_profile, tiny_prompts, tiny_table_models, tiny_token_ids
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
@@ -65,10 +65,15 @@ def test_a_file_traced_before_entropies_were_kept_still_reads_resumes_and_merges
 
 def test_traces_replay_every_timed_decode_of_the_tiny_table(tiny_traces_path, tiny_table_path):
     """The validation script's exactness check on the tiny tables (same models, prompts and settings)."""
-    from validate_traces import exactness
+    from validate_traces import acceptance_agreement, exactness
 
-    lines = exactness(TraceTable.load(tiny_traces_path), RewardTable.load(tiny_table_path), None)
+    traces, table = TraceTable.load(tiny_traces_path), RewardTable.load(tiny_table_path)
+    lines = exactness(traces, table, None)
     assert lines[0].startswith("exactness: 48 of 48 (prompt, block) pairs") and "disagreeing with their first repeat: 0" in lines[0]
+    # exact traces: every block's mean acceptance is the timed one, and at T=0 a timed repeat repeats the first
+    rows = [line.split(" | ") for line in acceptance_agreement(traces, table, None)[1].splitlines()[2:]]
+    assert [row[0].strip("| ") for row in rows] == ["1", "2", "4"]
+    assert all(row[4] == "1.000" and row[5].startswith("1.000 (3 prompts)") for row in rows)
 
 
 def test_resume_is_idempotent_and_refuses_other_settings(tmp_path, models):
@@ -133,19 +138,25 @@ def test_profiles_that_do_not_fit_are_refused(tiny_traces_path, models, tmp_path
         DeviceProfile.load(tmp_path / "bad.json")
 
 
-def test_sampled_traces_store_one_repeat_per_seed_and_refuse_per_cycle_replay(tmp_path, models, tiny_profile_path):
+def sampled_tiny_traces(target, drafter, prompts, seeds=(0, 1, 2)) -> tuple[dict, dict]:
+    """T=1 traces of `prompts` (one seeded decode per block and seed) and the metadata of their table, less its seeds."""
     from bp_rl.collection import table_metadata
     from bp_rl.measurement import DecodeSettings
+
+    token_ids = tiny_token_ids(tiny_prompts())
+    settings = DecodeSettings(max_new_tokens=TINY_NEW_TOKENS, temperature=1.0)
+    traces = {p.id: trace_request(target, drafter, token_ids[p.id], TINY_BLOCKS, TINY_NEW_TOKENS, 1.0, feature_sets=("last_hidden", "logit_stats"),
+                                  seeds=list(seeds)) for p in prompts}
+    dims = {name: len(v) for name, v in next(iter(traces.values())).observations.items()}
+    return traces, table_metadata(target, drafter, "tiny", "tiny-suite", settings, TINY_BLOCKS, dims)
+
+
+def test_sampled_traces_store_one_repeat_per_seed_and_refuse_per_cycle_replay(tmp_path, models, tiny_profile_path):
     from envs import make_schedule_env
 
     target, drafter = models
-    token_ids = tiny_token_ids(tiny_prompts())
     prompts = tiny_prompts()[:4]
-    settings = DecodeSettings(max_new_tokens=TINY_NEW_TOKENS, temperature=1.0)
-    traces = {p.id: trace_request(target, drafter, token_ids[p.id], TINY_BLOCKS, TINY_NEW_TOKENS, 1.0, feature_sets=("last_hidden", "logit_stats"),
-                                  seeds=[0, 1, 2]) for p in prompts}
-    dims = {name: len(v) for name, v in next(iter(traces.values())).observations.items()}
-    meta = table_metadata(target, drafter, "tiny", "tiny-suite", settings, TINY_BLOCKS, dims)
+    traces, meta = sampled_tiny_traces(target, drafter, prompts)
     with pytest.raises(ValueError, match="needs its seeds"):
         TraceTable.create_or_resume(tmp_path / "t1.sqlite", meta)
     table = TraceTable.create_or_resume(tmp_path / "t1.sqlite", {**meta, "seeds": [0, 1, 2]})
@@ -175,6 +186,42 @@ def test_sampled_traces_store_one_repeat_per_seed_and_refuse_per_cycle_replay(tm
     result = subprocess.run(show, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "sampled T=1 traces (a sample" in result.stdout and "exact" not in result.stdout and "AUC" not in result.stdout
+
+
+def test_sampled_traces_are_validated_against_a_table_timed_at_their_temperature(tmp_path, models, tiny_profile_path, tiny_table_path,
+                                                                                  capsys, monkeypatch):
+    """Above T=0 no decode repeats another: validate_traces.py compares mean acceptance and simulated speed, not cycles,
+    and refuses a table timed at another temperature."""
+    import validate_traces
+    from bp_rl.collection import plan_rows
+
+    target, drafter = models
+    prompts = tiny_prompts()[:4]
+    traces, meta = sampled_tiny_traces(target, drafter, prompts, seeds=(0, 1))
+    table = TraceTable.create_or_resume(tmp_path / "t1.sqlite", {**meta, "seeds": [0, 1]})
+    for prompt in prompts:
+        table.add(prompt, traces[prompt.id], seconds=0.01)
+    rows = plan_rows(prompts, TINY_BLOCKS, {"train": 3, "val": 1, "test": 1}, seed=0)
+    build_tiny_table(tmp_path / "timed-t1.sqlite", target, drafter, rows, temperature=1.0).close()
+
+    def validate(table_path) -> str:
+        monkeypatch.setattr(sys, "argv", ["validate_traces.py", "--traces", str(tmp_path / "t1.sqlite"), "--table", str(table_path),
+                                          "--profile", str(tiny_profile_path)])
+        validate_traces.main()
+        return capsys.readouterr().out
+
+    out = validate(tmp_path / "timed-t1.sqlite")
+    assert "acceptance at T=1" in out and "seeds [0, 1]" in out and "exactness" not in out and "timing: SIMULATED" in out
+    # mean acceptance per block, recomputed here from the stored cycles of both sides
+    timed = RewardTable.load(tmp_path / "timed-t1.sqlite")
+    for block in TINY_BLOCKS:
+        timed_mean = np.mean([np.mean([np.frombuffer(a, np.uint8).mean() for (a,) in timed.db.execute(
+            "SELECT acceptance FROM runs WHERE prompt_id = ? AND block_size = ?", (p.id, block))]) for p in prompts])
+        traced_mean = np.mean([np.mean([np.mean(traces[p.id].acceptance_lengths(block, j)) for j in range(2)]) for p in prompts])
+        assert f"| {block} | 4 | {timed_mean:.3f} | {traced_mean:.3f} | {traced_mean / timed_mean:.3f} |" in out
+    with pytest.raises(SystemExit):
+        validate(tiny_table_path)  # timed at T=0
+    assert "settings: the traces have temperature=1.0, the table 0.0" in capsys.readouterr().err
 
 
 def test_trace_env_passes_the_checkers_and_rewards_the_simulated_speed(tiny_traces_path, tiny_profile_path):
