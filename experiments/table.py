@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bp_rl.outcomes import ACCEPTANCE, DEFAULT_REWARD, MIN_GAP, REWARDS, TPS
+from bp_rl.outcomes import ACCEPTANCE, DEFAULT_REWARD, MIN_GAP, REWARDS, SAMPLE_COLUMNS, TPS
 from bp_rl.profiles import DeviceProfile, shipped_profiles
 from bp_rl.rewards import RewardTable
 from bp_rl.trace_table import SimulatedRewards, TraceTable, is_trace_table
@@ -92,6 +92,12 @@ def show(path: str, split: str | None, reward: str, block_sizes: list[int] | Non
     lines += ["", "prompts whose best block is each size: " + ", ".join(f"b{b}: {c}" for b, c in zip(view.block_sizes, counts))]
     lines += ["", "mean acceptance length (tokens per verify pass, bonus included; mean over prompts):",
               markdown_table(acceptance_rows, ["category", *[f"b{b}" for b in view.block_sizes]])]
+    # above T=0 a sample can end at its first token, before any verify pass: say how often, as it pulls means down
+    cycles = SAMPLE_COLUMNS.index("cycles")
+    ended = sum(int((s[:, cycles] == 0).sum()) for row in view.samples for s in row)
+    if ended:
+        lines.append(f"{ended} of {sum(len(s) for row in view.samples for s in row)} decodes ended at the prefill's token, before any verify "
+                     "pass: counted as acceptance 0, at the tokens/s of one token")
     if isinstance(table, TraceTable) and not table.sampled:
         block = max(view.block_sizes)
         right, auc = first_draft_calibration(table, split, block)

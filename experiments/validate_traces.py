@@ -138,7 +138,7 @@ def timing_agreement(traces: TraceTable, table: RewardTable, profile: DeviceProf
 
     sim = agreement(s_tps, t_tps)
     # the timed table against itself: repeat 0 predicting the median of the other repeats
-    held = [i for i in t_index if all(len(timed.samples[i][k]) >= 3 for k in t_cols) and len(timed.ar_samples[i]) >= 3]
+    held = [i for i in t_index if all(len(timed.samples[i][k]) >= 2 for k in t_cols) and len(timed.ar_samples[i]) >= 2]
     rows = [["simulated (trace x profile) vs timed median", str(len(common)), *[f"{v:.3f}" for v in sim]]]
     if held:
         first = np.array([[timed.ar_samples[i][0], *[timed.samples[i][k][0, TPS] for k in t_cols]] for i in held])

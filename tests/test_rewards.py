@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -92,6 +93,18 @@ def test_show_prints_headroom_and_noise_of_a_real_table(tiny_table_path):
     assert "| AR tok/s | b4 | b1 | grid |" in smaller and "grid block (chosen on train)" in smaller
     refused = show("--block-sizes", "5", returncode=2)  # a clean usage error, no traceback
     assert "error: block sizes [5]: choose distinct sizes among this table's [1, 2, 4]" in refused and "Traceback" not in refused
+
+
+def test_show_counts_decodes_that_ended_before_any_verify_pass(tiny_table_path, tmp_path):
+    """A sample whose first token ends the request has no verify pass: show says how many such decodes it averaged."""
+    from table import show
+
+    assert "before any verify pass" not in show(str(tiny_table_path), None, "tokens_per_second")
+    ended = tmp_path / "ended.sqlite"
+    shutil.copy(tiny_table_path, ended)
+    with sqlite3.connect(ended) as db:
+        db.execute("UPDATE runs SET acceptance = X'', new_tokens = 1 WHERE prompt_id = 'p09' AND block_size = 2 AND repeat = 0")
+    assert "1 of 45 decodes ended at the prefill's token, before any verify pass" in show(str(ended), None, "tokens_per_second")
 
 
 def test_publish_copies_a_table_and_can_keep_only_its_first_repeats(tiny_table_path, tmp_path):
