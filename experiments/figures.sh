@@ -2,7 +2,7 @@
 # Every figure the README's results quote, regenerated from the shipped data of the default drafter.
 #
 #     experiments/figures.sh [OUT]        # default OUT: runs/figures; `make figures` runs it
-#     PARTS=timed experiments/figures.sh  # only some parts: traces, ablations, timed, live
+#     PARTS=timed experiments/figures.sh  # only some parts: traces, ablations, timed, t1, live
 #
 # traces: the exact T=0 traces (simulated rewards): headroom and the 3-seed agent sweep under each of
 #   their shipped profiles (measured CPU, flat model, H200 roofline), about 18 minutes on 2 cores.
@@ -10,17 +10,23 @@
 # timed: the timed T=0 table (test split only, medians of its repeats): headroom and noise, also over smaller
 #   block sets; the traces against it (exact replay, simulated vs timed); the agents cross-validated
 #   on its prompts (about 9 minutes).
+# t1: the timed T=1 table (test split): headroom and noise; the sampled T=1 traces against it (mean
+#   acceptance, simulated vs timed); agents trained at T=0 on the traces, evaluated on it; agents
+#   cross-validated on it.
 # live (LIVE=1 adds it): what decodes for real, meaningful on the timed table's CPU model only:
 #   replay vs live, environment speed, and the headline row (PPO, grid and fixed decoded live on 20
 #   test prompts), about 15 minutes. Nothing else may run meanwhile: the timings would be skewed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/figures}
-PARTS=${PARTS:-traces ablations timed}
+PARTS=${PARTS:-traces ablations timed t1}
 if [ "${LIVE:-0}" = 1 ]; then PARTS="$PARTS live"; fi
 PY=${PY:-.venv/bin/python}
 AGENTS=ppo,linucb,lints,egreedy,oracle,grid,fixed,random
 read -r TRACES TIMED < <($PY -c "from envs import DEFAULT_TABLE, DEFAULT_TRACES; print(DEFAULT_TRACES, DEFAULT_TABLE)")
+# the default drafter's T=1 data: its timed test table and its sampled traces (40 test prompts, seed 0)
+TIMED_T1=${TIMED_T1:-smollm2-135m-block-v6-t1-intel-f6m207}
+TRACES_T1=${TRACES_T1:-smollm2-135m-block-v6-t1-test-40}
 export WANDB_MODE=${WANDB_MODE:-disabled}
 mkdir -p "$OUT"
 
@@ -60,6 +66,16 @@ timed() {  # what timing resolves, and whether the traces reproduce it
   sweep agents-timed-cv env=table env.table=$TIMED agent=$AGENTS seed=0,1,2  # test split only: 4-fold cross-validation
 }
 
+t1() {  # what sampling does to the prize, and whether policies learned at T=0 serve T=1
+  local profile
+  profile=$($PY experiments/table.py profiles $TRACES)
+  profile=${profile%%$'\n'*}  # the first: the measured one
+  $PY experiments/table.py show $TIMED_T1 > "$OUT/$TIMED_T1.md"
+  $PY experiments/validate_traces.py --traces $TRACES_T1 --table $TIMED_T1 > "$OUT/validate_traces.$TIMED_T1.md"
+  sweep agents-trace-t0-on-t1 env=trace env.profile=$profile env.eval_table=$TIMED_T1 agent=oracle,ppo,linucb,grid seed=0,1,2
+  sweep agents-t1-cv env=table env.table=$TIMED_T1 agent=oracle,ppo,linucb,grid seed=0,1,2  # test split only: 4-fold cross-validation
+}
+
 live() {
   $PY experiments/validate_replay.py --table $TIMED --prompts 8 > "$OUT/validate_replay.$TIMED.md"
   $PY experiments/bench_env.py --live-steps 4 > "$OUT/bench_env.md"
@@ -68,8 +84,8 @@ live() {
 
 for part in $PARTS; do
   case $part in
-    traces|ablations|timed|live) $part ;;
-    *) echo "unknown part '$part' in PARTS='$PARTS'; valid: traces ablations timed live" >&2; exit 2 ;;
+    traces|ablations|timed|t1|live) $part ;;
+    *) echo "unknown part '$part' in PARTS='$PARTS'; valid: traces ablations timed t1 live" >&2; exit 2 ;;
   esac
 done
 ls "$OUT"

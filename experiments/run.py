@@ -180,7 +180,8 @@ def main(cfg: DictConfig) -> None:
         plot_learning_curve(history, run_dir / "learning_curve.png", cfg.agent.name),
     ]
     tracker.finish(history, summaries, [p for p in plots if p is not None], run_dir / "agent", results)
-    print(f"\n{cfg.agent.name} (seed {cfg.seed}) on {cfg.env.backend} / {cfg.env.split}: "
+    evaluated_on = f"{cfg.env.backend} / {cfg.env.split}" + (f", evaluated on {eval_table.path.name}" if eval_table is not table else "")
+    print(f"\n{cfg.agent.name} (seed {cfg.seed}) on {evaluated_on}: "
           f"{len(records[cfg.agent.name])} prompts{f' ({folds}-fold cross-validation)' if folds else ''}, reward {cfg.env.reward}, trained in {train_seconds:.1f} s\n")
     print(comparison_table(summaries))
     print(f"\nresults: {run_dir / 'results.json'}", file=sys.stderr)

@@ -95,6 +95,7 @@ def test_agents_evaluate_on_another_table(tiny_table_path, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["eval_table"] == str(hot) and results["metrics"]["prompts"] == len(test_prompts)
+    assert f"evaluated on t1.sqlite: {len(test_prompts)} prompts" in result.stdout
     per_prompt_best = RewardTable.load(hot).view("last_hidden+logit_stats", "test").rewards("tokens_per_second").max(axis=1)
     assert results["references"]["best"]["tokens_per_second"] == pytest.approx(per_prompt_best.mean())
 

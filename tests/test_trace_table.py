@@ -219,6 +219,9 @@ def test_sampled_traces_are_validated_against_a_table_timed_at_their_temperature
             "SELECT acceptance FROM runs WHERE prompt_id = ? AND block_size = ?", (p.id, block))]) for p in prompts])
         traced_mean = np.mean([np.mean([np.mean(traces[p.id].acceptance_lengths(block, j)) for j in range(2)]) for p in prompts])
         assert f"| {block} | 4 | {timed_mean:.3f} | {traced_mean:.3f} | {traced_mean / timed_mean:.3f} |" in out
+    with sqlite3.connect(tmp_path / "timed-t1.sqlite") as db:  # a sample whose first token ended it: no verify pass to count
+        db.execute("UPDATE runs SET acceptance = X'', new_tokens = 1 WHERE prompt_id = 'p00' AND block_size = 2 AND repeat = 0")
+    assert "left out, as they ran no verify pass: 1 timed and 0 traced decodes" in validate(tmp_path / "timed-t1.sqlite")
     with pytest.raises(SystemExit):
         validate(tiny_table_path)  # timed at T=0
     assert "settings: the traces have temperature=1.0, the table 0.0" in capsys.readouterr().err
@@ -239,7 +242,7 @@ def test_trace_env_passes_the_checkers_and_rewards_the_simulated_speed(tiny_trac
     assert made.unwrapped.backend.trace(0).tokens == TraceTable.load(tiny_traces_path).trace(view.prompt_ids[0]).tokens
 
 
-def test_run_py_trains_and_evaluates_on_traces(tiny_traces_path, tiny_profile_path, tmp_path):
+def test_run_py_trains_and_evaluates_on_traces(tiny_traces_path, tiny_profile_path, tiny_table_path, tmp_path):
     overrides = ["env=trace", f"env.traces={tiny_traces_path}", f"env.profile={tiny_profile_path}", "agent=linucb",
                  "model.target=tiny-llama", f"env.feature_set={FEATURES}", "budget=128", "fixed_block_size=4", f"hydra.run.dir={tmp_path}"]
 
@@ -253,7 +256,11 @@ def test_run_py_trains_and_evaluates_on_traces(tiny_traces_path, tiny_profile_pa
     assert results["env"] == "trace" and results["profile"] == "tiny-model" and set(results["references"]) >= {"grid", "best"}
     assert "rewards SIMULATED from the traces tiny-traces.sqlite under profile 'tiny-model'" in result.stdout
     assert "drafter: tiny\n" in (tmp_path / "config.yaml").read_text()
-    other = run_py("model.drafter=smollm2-135m-block")
+    timed = run_py(f"env.eval_table={tiny_table_path}")  # trained on the traces, evaluated on a timed table of the same drafter
+    assert timed.returncode == 0, timed.stderr[-3000:]
+    assert json.loads((tmp_path / "results.json").read_text())["eval_table"] == str(tiny_table_path)
+    assert "on trace / test, evaluated on tiny.sqlite: 3 prompts" in timed.stdout
+    other = run_script("run", *overrides, "model.drafter=smollm2-135m-block")
     assert other.returncode != 0 and "drafter: table has 'tiny', asked for 'smollm2-135m-block'" in other.stderr
 
 
