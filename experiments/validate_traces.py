@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from bp_rl.outcomes import AUTOREGRESSIVE, TPS
+from bp_rl.outcomes import ACCEPTANCE, AUTOREGRESSIVE, SAMPLE_COLUMNS, TPS
 from bp_rl.profiles import DeviceProfile, shipped_profiles
 from bp_rl.rewards import RewardTable
 from bp_rl.trace_table import SimulatedRewards, TraceTable
@@ -87,35 +87,35 @@ def acceptance_agreement(traces: TraceTable, table: RewardTable, split: str | No
     """Mean acceptance length per block size over the prompts both hold: every seed of the traces against
     every timed repeat. Above T=0 each decode draws its own samples, so beside it stands the timed table
     against itself (its first decode of each (prompt, block) against the others: what sampling alone moves the mean by)."""
+    timed = table.view(next(iter(traces.feature_sets)), split)  # per (prompt, block): each repeat's mean acceptance and cycles
     traced = {pid for pid, _, _ in traces.traced_prompts(split)}
-    blocks = [b for b in table.block_sizes if b in traces.block_sizes]
+    blocks = [b for b in timed.block_sizes if b in traces.block_sizes]
+    cycles = SAMPLE_COLUMNS.index("cycles")
     # a decode whose first token ended it ran no verify pass: it says nothing of acceptance, and is left out on both sides
-    timed: dict[tuple[str, int], list[float]] = {}  # (prompt, block) -> per-repeat mean acceptance, repeat 0 first
     without_cycles = [0, 0]  # timed, traced
-    for pid, block, acceptance in table.db.execute("SELECT prompt_id, block_size, acceptance FROM runs ORDER BY repeat"):
-        if pid in traced and block in blocks:
-            if acceptance:
-                timed.setdefault((pid, block), []).append(np.frombuffer(acceptance, dtype=np.uint8).mean())
-            else:
-                without_cycles[0] += 1
+    timed_means, traced_means, repeated = ({b: [] for b in blocks} for _ in range(3))
+    for i, pid in enumerate(timed.prompt_ids):
+        if pid not in traced:
+            continue
+        trace = traces.trace(pid)
+        for block in blocks:
+            runs = timed.samples[i][timed.block_sizes.index(block)]
+            ran = runs[runs[:, cycles] > 0, ACCEPTANCE]  # in repeat order
+            decodes = [trace.acceptance_lengths(block, j) for j in range(len(trace.seeds))] if traces.sampled else [trace.acceptance_lengths(block)]
+            without_cycles[0] += len(runs) - len(ran)
+            without_cycles[1] += sum(not c for c in decodes)
+            if len(ran) and any(decodes):
+                timed_means[block].append(ran.mean())
+                traced_means[block].append(np.mean([np.mean(c) for c in decodes if c]))
+                if len(ran) > 1:
+                    repeated[block].append(ran)
     rows = []
     for block in blocks:
-        per_prompt = {}  # prompt -> the traced decodes' mean acceptance (one per seed)
-        for pid in sorted(pid for pid, b in timed if b == block):
-            trace = traces.trace(pid)
-            decodes = [trace.acceptance_lengths(block, j) for j in range(len(trace.seeds))] if traces.sampled else [trace.acceptance_lengths(block)]
-            without_cycles[1] += sum(not cycles for cycles in decodes)
-            if any(decodes):
-                per_prompt[pid] = [np.mean(cycles) for cycles in decodes if cycles]
-        pids = list(per_prompt)
-        if not pids:
+        if not timed_means[block]:
             continue
-        traced_mean = np.mean([np.mean(means) for means in per_prompt.values()])
-        timed_mean = np.mean([np.mean(timed[(pid, block)]) for pid in pids])
-        repeated = [timed[(pid, block)] for pid in pids if len(timed[(pid, block)]) > 1]
-        self_ratio = (f"{np.mean([r[0] for r in repeated]) / np.mean([np.mean(r[1:]) for r in repeated]):.3f} ({len(repeated)} prompts)"
-                      if repeated else "-")
-        rows.append([str(block), str(len(pids)), f"{timed_mean:.3f}", f"{traced_mean:.3f}", f"{traced_mean / timed_mean:.3f}", self_ratio])
+        timed_mean, traced_mean, again = np.mean(timed_means[block]), np.mean(traced_means[block]), repeated[block]
+        self_ratio = f"{np.mean([r[0] for r in again]) / np.mean([r[1:].mean() for r in again]):.3f} ({len(again)} prompts)" if again else "-"
+        rows.append([str(block), str(len(timed_means[block])), f"{timed_mean:.3f}", f"{traced_mean:.3f}", f"{traced_mean / timed_mean:.3f}", self_ratio])
     seeds_said = f"seeds {traces.meta['seeds']}" if traces.sampled else "exact"
     return [
         f"acceptance at T={traces.temperature:g} (tokens per verify pass, bonus included; mean over prompts): traces ({seeds_said}) vs "
