@@ -47,10 +47,15 @@ traces() {  # the traces under every shipped profile made for their drafter, the
   done
 }
 
+measured_profile() {  # the first shipped profile of the traces' drafter: the measured one
+  local profiles
+  profiles=$($PY experiments/table.py profiles $TRACES)
+  echo "${profiles%%$'\n'*}"
+}
+
 ablations() {
   local profile
-  profile=$($PY experiments/table.py profiles $TRACES)
-  profile=${profile%%$'\n'*}  # the first: the measured one
+  profile=$(measured_profile)
   sweep budget-trace env=trace env.profile=$profile agent=ppo,linucb,lints,egreedy budget=1000,4000,20000 seed=0,1,2
   sweep features-val env=trace env.profile=$profile agent=oracle,ppo,lints seed=0,1,2 env.split=val \
     env.feature_set=last_hidden+logit_stats+prompt_length,last_hidden,mean_hidden,multi_layer,logit_stats+prompt_length
@@ -68,8 +73,7 @@ timed() {  # what timing resolves, and whether the traces reproduce it
 
 t1() {  # what sampling does to the prize, and whether policies learned at T=0 serve T=1
   local profile
-  profile=$($PY experiments/table.py profiles $TRACES)
-  profile=${profile%%$'\n'*}  # the first: the measured one
+  profile=$(measured_profile)
   $PY experiments/table.py show $TIMED_T1 > "$OUT/$TIMED_T1.md"
   $PY experiments/validate_traces.py --traces $TRACES_T1 --table $TIMED_T1 > "$OUT/validate_traces.$TIMED_T1.md"
   sweep agents-trace-t0-on-t1 env=trace env.profile=$profile env.eval_table=$TIMED_T1 agent=oracle,ppo,linucb,grid seed=0,1,2
