@@ -250,17 +250,24 @@ class DeviceProfile:
         return self
 
 
-def shipped_profiles(drafter_hash: str | None = None) -> list[str]:
-    """Names of the shipped profiles; given a drafter's hash, only those that time it, measured ones first."""
+def shipped_profiles(drafter_hash: str | None = None, near: str | None = None) -> list[str]:
+    """Names of the shipped profiles; given a drafter's hash, only those that time it, measured ones
+    first, and among those the ones measured nearest to device `near` first (`device_distance`)."""
     if drafter_hash is not None:
-        return [p.name for p in _shipped_for(drafter_hash)]
+        return [p.name for p in _shipped_for(drafter_hash, near)]
     return sorted(p.stem for p in SHIPPED_PROFILES_DIR.glob("*.json")) if SHIPPED_PROFILES_DIR.is_dir() else []
 
 
-def _shipped_for(drafter_hash: str) -> list[DeviceProfile]:
-    """The shipped profiles that time this drafter, measured ones first (by name within a kind)."""
+def _shipped_for(drafter_hash: str, near: str | None = None) -> list[DeviceProfile]:
+    """The shipped profiles that time this drafter: measured ones first, nearest to device `near` first
+    when given; by name otherwise."""
     fitting = [p for p in map(DeviceProfile.load, shipped_profiles()) if p.drafter_hash == drafter_hash]
-    return sorted(fitting, key=lambda p: PROFILE_KINDS.index(p.kind))
+
+    def order(p: DeviceProfile) -> tuple:
+        distance = device_distance(p.device, near) if near and p.kind == "measured" else ()
+        return PROFILE_KINDS.index(p.kind), distance
+
+    return sorted(fitting, key=order)  # stable: by name within equal keys
 
 
 _DEVICE = re.compile(r"^(?P<name>.*?)(?:, family (?P<family>\d+) model (?P<model>\d+))?(?: \((?P<threads>\d+) threads\))?$")
@@ -280,13 +287,13 @@ def default_profile(drafter_hash: str, device: torch.device | str = "cpu") -> De
     """The shipped measured profile of this machine for this drafter, else the closest shipped one
     (`device_distance`), saying so; a clear error when none fits."""
     here = device_name(device)
-    fitting = [p for p in _shipped_for(drafter_hash) if p.kind == "measured"]
+    fitting = [p for p in _shipped_for(drafter_hash, here) if p.kind == "measured"]
     if not fitting:
         raise ValueError(
             f"no shipped profile times drafter {drafter_hash} (shipped: {shipped_profiles()}); measure this machine's: "
             "python experiments/profile_device.py"
         )
-    chosen = min(fitting, key=lambda p: device_distance(p.device, here))
+    chosen = fitting[0]
     if chosen.device != here:
         print(f"no shipped profile of this machine ({here}); using the closest, {chosen.name!r}, measured on {chosen.device}. "
               "Measure this machine's own: python experiments/profile_device.py")
@@ -340,7 +347,7 @@ def measure_profile(
     passes.update({("batched", c, n): verify_forward(target, torch.stack([tokens(middle_context + n) for _ in range(c)]), n)
                    for c in loads for n in block_sizes})
     warmup = 2
-    seconds = {key: timing.median for key, timing in measure_interleaved(passes, target.device, warmup, repeats, seed).items()}
+    seconds = {key: timing.median for key, timing in measure_interleaved(passes, target.device, warmup, repeats, seed, progress="profile").items()}
     profile = DeviceProfile(
         name=name, kind="measured", device=device_name(target.device), target=target.name, drafter=drafter_name,
         drafter_hash=drafter_fingerprint(drafter),

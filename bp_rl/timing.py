@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+from tqdm import tqdm
 
 
 def device_sync(device: torch.device | str) -> None:
@@ -90,15 +91,19 @@ def measure(fn: Callable[[], object], device: torch.device | str = "cpu", warmup
     return measure_interleaved({None: fn}, device, warmup, repeats)[None]
 
 
-def measure_interleaved(fns: dict, device: torch.device | str = "cpu", warmup: int = 1, repeats: int = 5, seed: int = 0) -> dict:
+def measure_interleaved(fns: dict, device: torch.device | str = "cpu", warmup: int = 1, repeats: int = 5, seed: int = 0,
+                        progress: str | None = None) -> dict:
     """Time several callables in rounds (`warmup` untimed calls each first): each round times every
     callable once, in a fresh random order, so a slow spell of the machine (CPU speed drifts by a fifth within minutes)
-    slows every callable alike instead of whichever ran then. Returns a `Timing` per key."""
+    slows every callable alike instead of whichever ran then. Returns a `Timing` per key.
+    `progress`: a progress bar's label (one step per call), for measurements that take minutes."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    bar = tqdm(total=len(fns) * (warmup + repeats), desc=progress, unit="pass", disable=progress is None)
     for fn in fns.values():
         for _ in range(warmup):
             fn()
+            bar.update()
     rng = random.Random(seed)
     keys = list(fns)
     samples: dict = {key: [] for key in keys}
@@ -108,6 +113,8 @@ def measure_interleaved(fns: dict, device: torch.device | str = "cpu", warmup: i
             with Stopwatch(device) as sw:
                 fns[key]()
             samples[key].append(sw.seconds)
+            bar.update()
+    bar.close()
     return {key: Timing(times) for key, times in samples.items()}
 
 

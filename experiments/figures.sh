@@ -5,8 +5,10 @@
 #     PARTS=timed experiments/figures.sh  # only some parts: traces, ablations, timed, t1, live
 #
 # traces: the exact T=0 traces (simulated rewards): headroom and the 3-seed agent sweep under each of
-#   their shipped profiles (measured CPU, flat model, H200 roofline), about 18 minutes on 2 cores.
-# ablations: sample efficiency and feature sets, on the traces under the measured profile (about 23 minutes).
+#   their shipped measured CPU profiles, the `flat` model of this machine's and the H200 roofline, about 6
+#   minutes a profile on 2 cores.
+# ablations: sample efficiency and feature sets, on the traces under this machine's measured profile (or the
+#   closest shipped one), about 23 minutes.
 # timed: the timed T=0 table (test split only, medians of its repeats): headroom and noise, also over smaller
 #   block sets; the traces against it (exact replay, simulated vs timed); the agents cross-validated
 #   on its prompts (about 9 minutes).
@@ -38,18 +40,22 @@ sweep() {  # sweep NAME OVERRIDES...: a 3-seed multirun and its report
   echo "$OUT/$name/report.md"
 }
 
-traces() {  # the traces under every shipped profile made for their drafter, the measured one first
-  local profiles profile
+traces() {  # the traces under every shipped measured profile of their drafter (this machine's first), and the
+  # models: the roofline, and `flat` from this machine's profile only (a flat model of another CPU differs in level alone)
+  local profiles profile measured
   profiles=$($PY experiments/table.py profiles $TRACES)
+  measured=$(measured_profile)
   for profile in $profiles; do
+    case $profile in flat-*) [ "$profile" = "flat-$measured" ] || continue ;; esac
     $PY experiments/table.py show $TRACES --split test --profile $profile > "$OUT/$TRACES.$profile.test.md"
     sweep agents-trace-$profile env=trace env.profile=$profile agent=$AGENTS seed=0,1,2
   done
 }
 
-measured_profile() {  # the first shipped profile of the traces' drafter: the measured one
+measured_profile() {  # measured_profile [TIMED_TABLE]: the shipped measured profile of the traces' drafter
+  # nearest this machine, or nearest the machine that timed TIMED_TABLE
   local profiles
-  profiles=$($PY experiments/table.py profiles $TRACES)
+  profiles=$($PY experiments/table.py profiles $TRACES ${1:+--near "$1"})
   echo "${profiles%%$'\n'*}"
 }
 
@@ -73,7 +79,7 @@ timed() {  # what timing resolves, and whether the traces reproduce it
 
 t1() {  # what sampling does to the prize, and whether policies learned at T=0 serve T=1
   local profile
-  profile=$(measured_profile)
+  profile=$(measured_profile $TIMED_T1)  # the T=1 table's CPU model prices the T=0 traces its agents train on
   $PY experiments/table.py show $TIMED_T1 > "$OUT/$TIMED_T1.md"
   $PY experiments/validate_traces.py --traces $TRACES_T1 --table $TIMED_T1 > "$OUT/validate_traces.$TIMED_T1.md"
   sweep agents-trace-t0-on-t1 env=trace env.profile=$profile env.eval_table=$TIMED_T1 agent=oracle,ppo,linucb,grid seed=0,1,2

@@ -3,6 +3,7 @@
     python experiments/table.py show smollm2-135m-block-v6-t0-intel-f6m207 [--split test] [--reward speedup] [--block-sizes 1 4 8]
     python experiments/table.py show runs/traces/t.sqlite --profile flat-amd-epyc   # a trace table, under a profile
     python experiments/table.py profiles smollm2-135m-block-v6-traces        # the profiles that can price it
+    python experiments/table.py profiles smollm2-135m-block-v6-traces --near smollm2-135m-block-v6-t1-intel-f6m207
     python experiments/table.py merge runs/tables/all.sqlite runs/tables/t.shard0of2.sqlite runs/tables/t.shard1of2.sqlite
     python experiments/table.py publish runs/tables/t.sqlite bp_rl/data/tables/t.sqlite [--repeats 2]
 
@@ -27,6 +28,7 @@ import numpy as np
 from bp_rl.outcomes import ACCEPTANCE, DEFAULT_REWARD, MIN_GAP, REWARDS, SAMPLE_COLUMNS, TPS
 from bp_rl.profiles import DeviceProfile, shipped_profiles
 from bp_rl.rewards import RewardTable
+from bp_rl.timing import device_name
 from bp_rl.trace_table import SimulatedRewards, TraceTable, is_trace_table
 from reporting import markdown_table
 
@@ -144,12 +146,20 @@ def first_draft_calibration(table: TraceTable, split: str | None, block: int) ->
     return float(right.mean()), auc
 
 
-def profiles_for(path: str) -> list[str]:
-    """The shipped profiles made for a trace table's drafter (measured first): what `show --profile` takes."""
+def profiles_for(path: str, near: str | None = None) -> list[str]:
+    """The shipped profiles made for a trace table's drafter (what `show --profile` takes): measured
+    ones first, the one nearest this machine first, or nearest the machine that timed table `near`."""
     table = open_table(path)
     if not isinstance(table, TraceTable):
         raise ValueError(f"{path} is a timed reward table: profiles price trace tables")
-    return shipped_profiles(table.meta["drafter_hash"])
+    if near is None:
+        device = device_name("cpu")  # as env=trace's default profile
+    else:
+        timed = open_table(near)
+        if not isinstance(timed, RewardTable):
+            raise ValueError(f"--near {near}: a timed reward table, whose machine orders the profiles; {near} is a trace table")
+        device = timed.machines[0]["device"]
+    return shipped_profiles(table.meta["drafter_hash"], near=device)
 
 
 def merge(out: str, inputs: list[str]) -> str:
@@ -198,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile", default=None, help="trace tables: the device profile to simulate seconds under (name or JSON path)")
     p = commands.add_parser("profiles", help="the shipped device profiles that can price a trace table, one per line")
     p.add_argument("table", help="a shipped trace table name or a .sqlite path")
+    p.add_argument("--near", default=None, help="a timed table: list the profile measured nearest its machine first (default: this machine)")
     p = commands.add_parser("merge", help="merge shards (same settings) into one table")
     p.add_argument("out")
     p.add_argument("inputs", nargs="+")
@@ -210,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "show":
             print(show(args.table, args.split, args.reward, args.block_sizes, args.profile))
         elif args.command == "profiles":
-            print("\n".join(profiles_for(args.table)))
+            print("\n".join(profiles_for(args.table, args.near)))
         elif args.command == "merge":
             print(merge(args.out, args.inputs))
         else:

@@ -376,3 +376,9 @@ def test_table_py_lists_the_shipped_profiles_that_price_a_trace_table_measured_f
     assert kinds[0] == "measured" and kinds == sorted(kinds)  # "measured" < "model"
     with pytest.raises(ValueError, match="is a timed reward table: profiles price trace tables"):
         profiles_for(DEFAULT_TABLE)
+    # --near TABLE: the profile of the CPU model that timed the table first (it is shipped), the same set
+    near = profiles_for(DEFAULT_TRACES, near=DEFAULT_TABLE)
+    assert sorted(near) == sorted(names)
+    assert DeviceProfile.load(near[0]).device == RewardTable.load(DEFAULT_TABLE).machines[0]["device"]
+    with pytest.raises(ValueError, match="--near .*a timed reward table"):
+        profiles_for(DEFAULT_TRACES, near=DEFAULT_TRACES)
