@@ -44,7 +44,7 @@ traces() {  # the traces under every shipped measured profile of their drafter (
   # models: the roofline, and `flat` from this machine's profile only (a flat model of another CPU differs in level alone)
   local profiles profile measured
   profiles=$($PY experiments/table.py profiles $TRACES)
-  measured=$(measured_profile)
+  measured=${profiles%%$'\n'*}  # the first: this machine's measured profile, as measured_profile says
   for profile in $profiles; do
     case $profile in flat-*) [ "$profile" = "flat-$measured" ] || continue ;; esac
     $PY experiments/table.py show $TRACES --split test --profile $profile > "$OUT/$TRACES.$profile.test.md"
