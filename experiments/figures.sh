@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every figure the README's results quote, regenerated from the shipped data of the default drafter.
+# Every figure the README's results quote, regenerated from the shipped data the environments default to (envs.DEFAULT_TRACES, DEFAULT_TABLE).
 #
 #     experiments/figures.sh [OUT]        # default OUT: runs/figures; `make figures` runs it
 #     PARTS=timed experiments/figures.sh  # only some parts: traces, ablations, timed, t1, live
@@ -26,7 +26,7 @@ if [ "${LIVE:-0}" = 1 ]; then PARTS="$PARTS live"; fi
 PY=${PY:-.venv/bin/python}
 AGENTS=ppo,linucb,lints,egreedy,oracle,grid,fixed,random
 read -r TRACES TIMED < <($PY -c "from envs import DEFAULT_TABLE, DEFAULT_TRACES; print(DEFAULT_TRACES, DEFAULT_TABLE)")
-# the default drafter's T=1 data: its timed test table and its sampled traces (40 test prompts, seed 0)
+# drafter v6's T=1 data (the drafter of envs.DEFAULT_TRACES): its timed test table and its sampled traces (40 test prompts, seed 0)
 TIMED_T1=${TIMED_T1:-smollm2-135m-block-v6-t1-intel-f6m207}
 TRACES_T1=${TRACES_T1:-smollm2-135m-block-v6-t1-test-40}
 export WANDB_MODE=${WANDB_MODE:-disabled}
