@@ -1,6 +1,6 @@
 """Train a block-size agent on the training split and compare it on held-out prompts.
 
-    python experiments/run.py agent=ppo                       # drafter v6's traces (envs.DEFAULT_TRACES) under this machine's profile
+    python experiments/run.py agent=ppo                       # envs.DEFAULT_TRACES under this machine's profile
     python experiments/run.py agent=linucb seed=1 env.reward=speedup
     python experiments/run.py agent=oracle env=live env.max_prompts=20   # evaluate by real decoding
     python experiments/run.py agent=linucb env=trace env.profile=NAME    # exact traces under a device profile
