@@ -3,8 +3,9 @@
 A drafter must predict what the *target* will write, so its data is the target's regeneration of
 many prompts, never raw text labels. The pipeline:
 
-1. prompts: the prompt suite's training split, user turns the target writes itself (the chat
-   template's user prefix alone, sampled, deduplicated), and continuation prompts cut from offline
+1. prompts: the prompt suite's training split, user turns and HumanEval-style code problems the
+   target writes itself (the chat template's user prefix alone, or one training-split problem then
+   `def `, sampled, deduplicated), and continuation prompts cut from offline
    text (`offline_code_prompts`, `offline_prose_prompts`, `offline_doc_prompts`); `deduplicate` drops repeats and anything
    equal to a held-out prompt;
 2. `regenerate`: batched target decoding (greedy or sampled) that keeps, from the same passes, the
@@ -33,7 +34,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -65,30 +66,90 @@ def user_prefix(target: Target) -> str:
     return rendered.split(sentinel)[0]
 
 
+def _sample_unique(
+    target: Target, prefixes: Callable[[], list[list[int]]], keep: Callable[[DecodedSequence], str | None],
+    count: int, seed: int, max_tokens: int, temperature: float, desc: str,
+) -> list[str]:
+    """Texts the target writes: batches of prompts (one batch per `prefixes()` call) sampled, each output turned
+    into a text by `keep` (None: rejected), duplicates dropped, until `count` (or 4x that many tries)."""
+    texts: list[str] = []
+    seen: set[str] = set()
+    generator = torch.Generator(device=target.device).manual_seed(seed)
+    with tqdm(total=count, desc=desc, unit="text") as bar:
+        attempts = 0
+        while len(texts) < count and attempts < 4 * count:
+            batch = prefixes()
+            attempts += len(batch)
+            for out in _batched_decode(target, batch, max_tokens, temperature, generator, layer_ids=(), top_k=0):
+                text = keep(out)
+                if text is not None and normalise(text) not in seen:
+                    seen.add(normalise(text))
+                    texts.append(text)
+                    bar.update()
+    return texts[:count]
+
+
 def self_written_user_turns(
     target: Target, count: int, seed: int, max_tokens: int = 64, batch_size: int = 64, temperature: float = 1.0
 ) -> list[str]:
     """User turns the target writes itself: the user prefix alone, sampled; duplicates dropped."""
     prefix = target.encode(user_prefix(target)).tolist()
     end_of_turn = set(target.eos_token_ids)
-    turns: list[str] = []
-    seen: set[str] = set()
-    generator = torch.Generator(device=target.device).manual_seed(seed)
-    with tqdm(total=count, desc="self-written user turns", unit="turn") as bar:
-        attempts = 0
-        while len(turns) < count and attempts < 4 * count:
-            outputs = _batched_decode(target, [prefix] * batch_size, max_tokens, temperature, generator, layer_ids=(), top_k=0)
-            attempts += batch_size
-            for out in outputs:
-                if not out.finished:  # cut off mid-turn: not a whole user message
-                    continue
-                text = target.decode([t for t in out.new_tokens if t not in end_of_turn]).strip()
-                key = normalise(text)
-                if len(text.split()) >= 3 and key not in seen:
-                    seen.add(key)
-                    turns.append(text)
-                    bar.update()
-    return turns[:count]
+
+    def whole_turn(out: DecodedSequence) -> str | None:
+        if not out.finished:  # cut off mid-turn: not a whole user message
+            return None
+        text = target.decode([t for t in out.new_tokens if t not in end_of_turn]).strip()
+        return text if len(text.split()) >= 3 else None
+
+    return _sample_unique(target, lambda: [prefix] * batch_size, whole_turn, count, seed, max_tokens, temperature, "self-written user turns")
+
+
+DOCSTRING_OPENS = re.compile(r"""def \w+\(.*?\).*?:\n[ \t]+("{3}|'{3})""", re.DOTALL)
+
+
+def function_head(text: str) -> str | None:
+    """`text` up to the end of its first function's docstring, when it starts with a `def` whose
+    signature and docstring (five words or more) parse; else None. The code problems the target
+    writes are cut this way."""
+    match = DOCSTRING_OPENS.match(text)
+    if not match:
+        return None
+    close = text.find(match.group(1), match.end())
+    if close < 0:
+        return None
+    head = text[: close + 3] + "\n"
+    try:
+        tree = ast.parse(head + "    pass\n")
+    except (SyntaxError, ValueError):
+        return None
+    function = tree.body[0] if len(tree.body) == 1 else None
+    doc = ast.get_docstring(function) if isinstance(function, ast.FunctionDef) else None
+    return head if doc and len(doc.split()) >= 5 else None
+
+
+def self_written_code_problems(
+    target: Target, examples: list[str], count: int, seed: int, banned_names: Iterable[str] = (),
+    max_tokens: int = 128, batch_size: int = 64, temperature: float = 0.7,
+) -> list[str]:
+    """HumanEval-style problems the target writes itself: one example problem (`examples`, e.g. the
+    suite's training split) followed by `def`, sampled, cut at the end of the new function's
+    docstring (`function_head`). Functions named like a held-out problem (`banned_names`) are
+    dropped, so a problem the target remembers from val/test cannot leak into training."""
+    if not examples:
+        raise ValueError("self-written code problems need at least one example problem")
+    rng = random.Random(seed)
+    banned = set(banned_names)
+
+    def prefixes() -> list[list[int]]:
+        # ends at "def", not "def ": the target's next token carries its own leading space
+        return [target.encode(rng.choice(examples) + "    pass\n\n\ndef").tolist() for _ in range(batch_size)]
+
+    def problem(out: DecodedSequence) -> str | None:
+        head = function_head("def" + target.decode(out.new_tokens))
+        return head if head and head[len("def ") : head.index("(")] not in banned else None
+
+    return _sample_unique(target, prefixes, problem, count, seed, max_tokens, temperature, "self-written code problems")
 
 
 def python_functions(path: Path) -> Iterable[tuple[str, str]]:

@@ -40,7 +40,8 @@ from bp_rl.block_drafter import spread_layer_ids
 from bp_rl.drafter_training import DraftVocabulary, block_loss, sample_blocks, warm_start
 from bp_rl.drafter_data import (
     RegenPrompt, SequencePool, complete_shards, deduplicate, draft_vocabulary, offline_code_prompts, offline_doc_prompts, offline_prose_prompts,
-    read_continuations, read_prompt_list, regenerate, self_written_user_turns, write_continuations, write_prompt_list,
+    read_continuations, read_prompt_list, regenerate, self_written_code_problems, self_written_user_turns, write_continuations,
+    write_prompt_list,
 )
 from bp_rl.prompts import chat_prompt, load_prompts, render_prompt
 from bp_rl.traces import estimated_acceptance
@@ -104,8 +105,8 @@ def source_of(prompt_id: str) -> str:
 
 
 def extra_prompts(cfg: DictConfig, target: Target, files: list[Path], seed: int, id_prefix: str = "") -> list[RegenPrompt]:
-    """Prompts beyond the suite: user turns the target writes itself, continuation prompts cut from
-    stdlib files, fresh math problems; a share marked for sampling; shuffled so a run cut short still
+    """Prompts beyond the suite: user turns and code problems the target writes itself, continuation
+    prompts cut from stdlib files, fresh math problems; a share marked for sampling; shuffled so a run cut short still
     covers every source. `seed` picks them, so a later round (another seed) adds new ones."""
     rng = random.Random(seed)
     tok = target.tokenizer
@@ -122,6 +123,13 @@ def extra_prompts(cfg: DictConfig, target: Target, files: list[Path], seed: int,
     if cfg.data.doc_prompts:  # only when asked: drawing from rng would change the manifest an earlier run built
         for i, (text, source) in enumerate(offline_doc_prompts(cfg.data.doc_prompts, rng)):
             extra.append(RegenPrompt(f"{id_prefix}docs/{i}", text, target.encode(text).tolist(), source))
+    if cfg.data.code_problems:  # only when asked, like doc_prompts (it never draws from rng)
+        examples = [p.text for p in load_prompts(cfg.data.suite, split="train", category="code")]
+        held_out = [name for p in load_prompts(cfg.data.suite, category="code") if p.split != "train"
+                    for name in re.findall(r"^def (\w+)", p.text, re.MULTILINE)]
+        problems = self_written_code_problems(target, examples, cfg.data.code_problems, seed, held_out, batch_size=cfg.data.gen_batch_size)
+        for i, text in enumerate(problems):
+            extra.append(RegenPrompt(f"{id_prefix}problems/{i}", text, target.encode(text).tolist(), "written by the target"))
     for p in extra:
         p.temperature = 1.0 if rng.random() < cfg.data.sampled_fraction else 0.0
     rng.shuffle(extra)
@@ -412,6 +420,7 @@ def source_counts(pool: SequencePool, manifest: list[RegenPrompt]) -> dict[str, 
 SOURCE_NAMES = {
     "suite": "the suite's training-split prompts (HumanEval train problems, math, chat, prose)",
     "self": "user turns written by the target itself (chat template's user prefix, sampled, deduplicated)",
+    "problems": "HumanEval-style problems written by the target itself (a training-split problem, then `def `, sampled at T=0.7, cut after the docstring; none named like a val/test problem)",
     "math": "fresh problems from the suite's math generator (val/test texts excluded)",
     "code": "stdlib function signatures + docstrings (PSF-2.0; files behind val/test prompts excluded)",
     "prose": "stdlib docstring paragraphs cut part-way (`data.prose_cut`; PSF-2.0; same exclusion)",

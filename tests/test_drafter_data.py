@@ -11,8 +11,8 @@ import torch
 
 from bp_rl import autoregressive_generate
 from bp_rl.drafter_data import (
-    RegenPrompt, SequencePool, complete_shards, cut_paragraphs, deduplicate, draft_vocabulary, offline_doc_prompts, python_functions,
-    read_continuations, regenerate, write_continuations,
+    DecodedSequence, RegenPrompt, SequencePool, complete_shards, cut_paragraphs, deduplicate, draft_vocabulary, function_head,
+    offline_doc_prompts, python_functions, read_continuations, regenerate, self_written_code_problems, write_continuations,
 )
 
 PROMPTS = [[5, 6, 7], [9, 3, 4, 8, 10, 12], [20, 21]]
@@ -116,6 +116,57 @@ def test_python_functions_cut_at_the_docstring(tmp_path):
     source.write_text('def f(x):\n    """Double x.\n\n    Long text here."""\n    return 2 * x\n\n\ndef g():\n    pass\n')
     [(head, doc)] = list(python_functions(source))
     assert head == 'def f(x):\n    """Double x.\n\n    Long text here."""\n' and doc.startswith("Double x.")
+
+
+def test_function_head_keeps_a_whole_signature_and_docstring():
+    body = 'def is_even(n: int) -> bool:\n    """ Return True when n is even.\n    >>> is_even(2)\n    True\n    """\n    return n % 2 == 0\n'
+    assert function_head(body) == body[: body.index("    return")]
+    assert function_head("def f(x):\n    \'\'\'Double the value of x.\'\'\'\n    pass") == "def f(x):\n    \'\'\'Double the value of x.\'\'\'\n"
+    for rejected in (
+        "def f(x):\n    return x\n",  # no docstring
+        'def f(x):\n    """Never closed, the sample ran out',
+        'def f(x):\n    """Too short."""\n',  # under five words
+        'def f(x:\n    """A signature that does not parse at all."""\n',
+        'x = 1\ndef f(x):\n    """Not at the start of the text."""\n',
+    ):
+        assert function_head(rejected) is None, rejected
+
+
+class CharTarget:
+    """Just what sampling texts needs of a target: one token per character."""
+
+    device = torch.device("cpu")
+
+    def encode(self, text):
+        return torch.tensor([ord(c) for c in text])
+
+    def decode(self, ids):
+        return "".join(map(chr, ids))
+
+
+def test_self_written_code_problems_are_cut_deduplicated_and_never_named_like_held_out_ones(monkeypatch):
+    samples = [
+        ' is_even(n):\n    """Return True when n is even."""\n    return n % 2 == 0\n',
+        ' is_even(n):\n    """Return True when n is even."""\n    return not n % 2\n',  # the same problem again
+        ' has_close_elements(xs):\n    """Whether any two numbers are close to each other."""\n',  # a held-out name
+        " f(x):\n    return x\n",  # no docstring
+        ' count_vowels(s):\n    """Count the vowels in the string s."""\n    pass\n',
+    ]
+    seen_prompts = []
+
+    def scripted_decode(target, prompts, max_new_tokens, temperature, generator, layer_ids, top_k):
+        seen_prompts.extend(target.decode(p) for p in prompts)
+        return [DecodedSequence(list(p) + [ord(c) for c in samples[(len(seen_prompts) - len(prompts) + i) % len(samples)]], len(p),
+                                None, None, None, True) for i, p in enumerate(prompts)]
+
+    monkeypatch.setattr("bp_rl.drafter_data._batched_decode", scripted_decode)
+    example = 'def add(a, b):\n    """Add two numbers."""\n'
+    problems = self_written_code_problems(CharTarget(), [example], 5, seed=0, banned_names=["has_close_elements"], batch_size=5)
+    assert problems == ['def is_even(n):\n    """Return True when n is even."""\n', 'def count_vowels(s):\n    """Count the vowels in the string s."""\n']
+    assert len(seen_prompts) == 20  # gave up after 4x the count asked
+    assert set(seen_prompts) == {example + "    pass\n\n\ndef"}
+    with pytest.raises(ValueError, match="at least one example"):
+        self_written_code_problems(CharTarget(), [], 5, seed=0)
 
 
 def test_paragraphs_are_cut_for_continuation():
