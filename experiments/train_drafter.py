@@ -420,7 +420,7 @@ def source_counts(pool: SequencePool, manifest: list[RegenPrompt]) -> dict[str, 
 SOURCE_NAMES = {
     "suite": "the suite's training-split prompts (HumanEval train problems, math, chat, prose)",
     "self": "user turns written by the target itself (chat template's user prefix, sampled, deduplicated)",
-    "problems": "HumanEval-style problems written by the target itself (a training-split problem, then `def `, sampled at T=0.7, cut after the docstring; none named like a val/test problem)",
+    "problems": "HumanEval-style problems written by the target itself (a training-split problem, then `def`, sampled at T=0.7, cut after the docstring; none named like a val/test problem)",
     "math": "fresh problems from the suite's math generator (val/test texts excluded)",
     "code": "stdlib function signatures + docstrings (PSF-2.0; files behind val/test prompts excluded)",
     "prose": "stdlib docstring paragraphs cut part-way (`data.prose_cut`; PSF-2.0; same exclusion)",
