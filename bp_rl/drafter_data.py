@@ -5,7 +5,7 @@ many prompts, never raw text labels. The pipeline:
 
 1. prompts: the prompt suite's training split, user turns and HumanEval-style code problems the
    target writes itself (the chat template's user prefix alone, or one training-split problem then
-   `def `, sampled, deduplicated), and continuation prompts cut from offline
+   `def`, sampled, deduplicated), and continuation prompts cut from offline
    text (`offline_code_prompts`, `offline_prose_prompts`, `offline_doc_prompts`); `deduplicate` drops repeats and anything
    equal to a held-out prompt;
 2. `regenerate`: batched target decoding (greedy or sampled) that keeps, from the same passes, the
