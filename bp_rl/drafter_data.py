@@ -82,8 +82,11 @@ def _sample_unique(
             attempts += len(batch)
             for out in _batched_decode(target, batch, max_tokens, temperature, generator, layer_ids=(), top_k=0):
                 text = keep(out)
-                if text is not None and normalise(text) not in seen:
-                    seen.add(normalise(text))
+                if text is None:
+                    continue
+                key = normalise(text)
+                if key not in seen:
+                    seen.add(key)
                     texts.append(text)
                     bar.update()
     return texts[:count]

@@ -124,10 +124,10 @@ def extra_prompts(cfg: DictConfig, target: Target, files: list[Path], seed: int,
         for i, (text, source) in enumerate(offline_doc_prompts(cfg.data.doc_prompts, rng)):
             extra.append(RegenPrompt(f"{id_prefix}docs/{i}", text, target.encode(text).tolist(), source))
     if cfg.data.code_problems:  # only when asked, like doc_prompts (it never draws from rng)
-        examples = [p.text for p in load_prompts(cfg.data.suite, split="train", category="code")]
-        held_out = [name for p in load_prompts(cfg.data.suite, category="code") if p.split != "train"
-                    for name in re.findall(r"^def (\w+)", p.text, re.MULTILINE)]
-        problems = self_written_code_problems(target, examples, cfg.data.code_problems, seed, held_out, batch_size=cfg.data.gen_batch_size)
+        code = load_prompts(cfg.data.suite, category="code")
+        examples = [p.text for p in code if p.split == "train"]
+        held_out_names = [name for p in code if p.split != "train" for name in re.findall(r"^def (\w+)", p.text, re.MULTILINE)]
+        problems = self_written_code_problems(target, examples, cfg.data.code_problems, seed, held_out_names, batch_size=cfg.data.gen_batch_size)
         for i, text in enumerate(problems):
             extra.append(RegenPrompt(f"{id_prefix}problems/{i}", text, target.encode(text).tolist(), "written by the target"))
     for p in extra:
