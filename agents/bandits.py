@@ -11,6 +11,12 @@ feature is appended so each arm also learns its mean reward.
 
 Per arm k: A_k = ridge * I + sum x x^T (kept as its inverse, updated by Sherman-Morrison),
 b_k = sum r x, theta_k = A_k^-1 b_k.
+
+The class defaults explore as a regret-minimising bandit should. `experiments/run.py` scores
+the greedy policy after training instead (a pure-exploration question), and there the widest
+exploration wins: an arm the learner stops trying early keeps a poor regression for the
+contexts that need it. Its configs (`experiments/conf/agent/`) carry the wide settings chosen
+on the val split.
 """
 
 from __future__ import annotations
