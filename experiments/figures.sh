@@ -5,10 +5,10 @@
 #     PARTS=timed experiments/figures.sh  # only some parts: traces, ablations, timed, t1, live
 #
 # traces: the exact T=0 traces (simulated rewards): headroom and the 3-seed agent sweep under each of
-#   their shipped measured CPU profiles, the `flat` model of this machine's and the H200 roofline, about 6
+#   their shipped measured CPU profiles, the `flat` model of this machine's and the H200 roofline, about 3
 #   minutes a profile on 2 cores.
 # ablations: sample efficiency and feature sets, on the traces under this machine's measured profile (or the
-#   closest shipped one), about 23 minutes.
+#   closest shipped one), about 12 minutes.
 # timed: the timed T=0 table (test split only, medians of its repeats): headroom and noise, also over smaller
 #   block sets; the traces against it (exact replay, simulated vs timed); the agents cross-validated
 #   on its prompts (about 9 minutes).
@@ -17,7 +17,7 @@
 #   cross-validated on it.
 # live (LIVE=1 adds it): what decodes for real, meaningful on the timed table's CPU model only:
 #   replay vs live, environment speed, and the headline row (PPO, grid and fixed decoded live on 20
-#   test prompts), about 15 minutes. Nothing else may run meanwhile: the timings would be skewed.
+#   test prompts), about 10 minutes. Nothing else may run meanwhile: the timings would be skewed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/figures}
@@ -26,7 +26,8 @@ if [ "${LIVE:-0}" = 1 ]; then PARTS="$PARTS live"; fi
 PY=${PY:-.venv/bin/python}
 AGENTS=ppo,linucb,lints,egreedy,oracle,grid,fixed,random
 read -r TRACES TIMED < <($PY -c "from envs import DEFAULT_TABLE, DEFAULT_TRACES; print(DEFAULT_TRACES, DEFAULT_TABLE)")
-# drafter v6's T=1 data (the drafter of envs.DEFAULT_TRACES): its timed test table and its sampled traces (40 test prompts, seed 0)
+# The newest timed T=1 data: drafter v6's test table and its sampled traces (40 test prompts, seed 0); v8's T=1 is not timed yet.
+# Part t1 trains its agents on the T=0 traces of that table's drafter, which need not be DEFAULT_TRACES' drafter.
 TIMED_T1=${TIMED_T1:-smollm2-135m-block-v6-t1-intel-f6m207}
 TRACES_T1=${TRACES_T1:-smollm2-135m-block-v6-t1-test-40}
 export WANDB_MODE=${WANDB_MODE:-disabled}
@@ -78,11 +79,12 @@ timed() {  # what timing resolves, and whether the traces reproduce it
 }
 
 t1() {  # what sampling does to the prize, and whether policies learned at T=0 serve T=1
-  local profile
-  profile=$(measured_profile $TIMED_T1)  # the T=1 table's CPU model prices the T=0 traces its agents train on
+  local profile traces  # an eval table must be the training data's drafter's: train on the T=1 table's drafter's T=0 traces
+  traces=$($PY -c "from bp_rl.rewards import RewardTable; print(RewardTable.load('$TIMED_T1').meta['drafter'] + '-traces')")
+  profile=$(TRACES=$traces measured_profile $TIMED_T1)  # the T=1 table's CPU model prices the T=0 traces its agents train on
   $PY experiments/table.py show $TIMED_T1 > "$OUT/$TIMED_T1.md"
   $PY experiments/validate_traces.py --traces $TRACES_T1 --table $TIMED_T1 > "$OUT/validate_traces.$TIMED_T1.md"
-  sweep agents-trace-t0-on-t1 env=trace env.profile=$profile env.eval_table=$TIMED_T1 agent=oracle,ppo,linucb,grid seed=0,1,2
+  sweep agents-trace-t0-on-t1 env=trace env.traces=$traces env.profile=$profile env.eval_table=$TIMED_T1 agent=oracle,ppo,linucb,grid seed=0,1,2
   sweep agents-t1-cv env=table env.table=$TIMED_T1 agent=oracle,ppo,linucb,grid seed=0,1,2  # test split only: 4-fold cross-validation
 }
 

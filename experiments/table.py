@@ -1,8 +1,8 @@
 """Inspect, merge and publish reward tables and trace tables.
 
-    python experiments/table.py show smollm2-135m-block-v6-t0-intel-f6m207 [--split test] [--reward speedup] [--block-sizes 1 4 8]
+    python experiments/table.py show smollm2-135m-block-v8-t0-intel-f6m167 [--split test] [--reward speedup] [--block-sizes 1 4 8]
     python experiments/table.py show runs/traces/t.sqlite --profile flat-amd-epyc   # a trace table, under a profile
-    python experiments/table.py profiles smollm2-135m-block-v6-traces        # the profiles that can price it
+    python experiments/table.py profiles smollm2-135m-block-v8-traces        # the profiles that can price it
     python experiments/table.py profiles smollm2-135m-block-v6-traces --near smollm2-135m-block-v6-t1-intel-f6m207
     python experiments/table.py merge runs/tables/all.sqlite runs/tables/t.shard0of2.sqlite runs/tables/t.shard1of2.sqlite
     python experiments/table.py publish runs/tables/t.sqlite bp_rl/data/tables/t.sqlite [--repeats 2]
