@@ -27,7 +27,6 @@ PY=${PY:-.venv/bin/python}
 AGENTS=ppo,linucb,lints,egreedy,oracle,grid,fixed,random
 read -r TRACES TIMED < <($PY -c "from envs import DEFAULT_TABLE, DEFAULT_TRACES; print(DEFAULT_TRACES, DEFAULT_TABLE)")
 # The newest timed T=1 data: drafter v6's test table and its sampled traces (40 test prompts, seed 0); v8's T=1 is not timed yet.
-# Part t1 trains its agents on the T=0 traces of that table's drafter, which need not be DEFAULT_TRACES' drafter.
 TIMED_T1=${TIMED_T1:-smollm2-135m-block-v6-t1-intel-f6m207}
 TRACES_T1=${TRACES_T1:-smollm2-135m-block-v6-t1-test-40}
 export WANDB_MODE=${WANDB_MODE:-disabled}
